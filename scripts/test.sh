@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: sets up .venv if needed, then runs pytest offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export HF_HUB_OFFLINE=1
+exec .venv/bin/python -m pytest "$@"

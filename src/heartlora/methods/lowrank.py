@@ -1,0 +1,386 @@
+"""Low-rank adaptation of the fused qkv projection, head by head: LoRA, Bi-LoRA and Heart-LoRA.
+
+``Δ = s · B · Drop(A · x)`` is added to the q/k/v rows chosen by ``targets``. B is kept per head
+(``lora_B[t, h]`` ∈ R^{d_h×r}) and only the *active* heads exist as parameters, so a
+switched-off head has exactly zero delta and zero gradient, and is neither trained nor stored.
+All targets share one down-projection matmul and one dropout.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..heads import TARGET_INDEX, AttentionSite, find_attention_sites
+from . import quant
+from .base import AdapterLayer, MethodSpec, register, replace_module
+
+SCORE_KINDS = ("taylor", "weight", "activation", "ablation")
+SELECT_KINDS = ("global", "layer", "fraction")
+
+
+def round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 8
+    scale: float = 1.0
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ("q", "v")
+    bits: int = 32
+
+    def validate(self, method: str) -> None:
+        if self.rank < 1:
+            raise ValueError(f"option 'rank'={self.rank} of method '{method}': expected a positive integer")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"option 'dropout'={self.dropout} of method '{method}': expected 0 <= dropout < 1")
+        quant.check_bits(self.bits)
+        bad = [t for t in self.targets if t not in TARGET_INDEX]
+        if bad or not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ValueError(
+                f"option 'targets'={','.join(self.targets)!r} of method '{method}': expected a "
+                "non-empty subset of q,k,v without repeats"
+            )
+        self.targets = tuple(t for t in "qkv" if t in self.targets)  # canonical order
+
+
+@dataclass
+class HeartLoRAConfig(LoRAConfig):
+    ne: Optional[int] = None  # heads switched off per layer; default round(H/4)
+    fraction: Optional[float] = None  # switch off round(fraction·H_l) heads per layer instead
+    score: str = "taylor"
+    select: Optional[str] = None  # global | layer | fraction; default from the method
+    score_epochs: Optional[int] = None  # None: the schedule's warm-up length
+    restart: bool = False  # re-initialise and retrain from scratch once the mask is fixed
+    normalize: bool = False  # scale each layer's scores to sum 1 before accumulating
+
+    def validate(self, method: str) -> None:
+        super().validate(method)
+        if self.score not in SCORE_KINDS:
+            raise ValueError(f"option 'score'={self.score!r} of method '{method}': expected one of {SCORE_KINDS}")
+        if self.select is not None and self.select not in SELECT_KINDS:
+            raise ValueError(f"option 'select'={self.select!r} of method '{method}': expected one of {SELECT_KINDS}")
+        if self.ne is not None and self.fraction is not None:
+            raise ValueError(f"method '{method}': give either option 'ne' or option 'fraction', not both")
+        if self.ne is not None and self.ne < 0:
+            raise ValueError(f"option 'ne'={self.ne} of method '{method}': expected >= 0")
+        if self.fraction is not None and not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"option 'fraction'={self.fraction} of method '{method}': expected 0 <= fraction < 1")
+        if self.score_epochs is not None and self.score_epochs < 0:
+            raise ValueError(f"option 'score_epochs'={self.score_epochs} of method '{method}': expected >= 0")
+
+    def resolve(self, sites: list[AttentionSite], method: str) -> None:
+        """Fill the defaults that depend on the backbone's head counts."""
+        heads = [s.num_heads for s in sites]
+        uniform = len(set(heads)) == 1
+        if self.select is None:
+            self.select = "fraction" if self.fraction is not None else "global"
+        if self.select == "fraction":
+            if self.ne is not None:
+                raise ValueError(f"method '{method}': select='fraction' takes option 'fraction', not 'ne'")
+            if self.fraction is None:
+                self.fraction = 0.25
+            return
+        if self.fraction is not None:
+            raise ValueError(f"method '{method}': option 'fraction' needs select='fraction' (got select='{self.select}')")
+        if self.ne is None:
+            if not uniform:
+                # Swin: heads differ per stage, so a head count cannot be shared across layers.
+                self.select, self.fraction = "fraction", 0.25
+                return
+            self.ne = round_half_up(heads[0] / 4)
+        if self.select == "global" and not uniform:
+            raise ValueError(
+                f"method '{method}': select='global' needs the same number of heads in every layer; "
+                f"this backbone has {sorted(set(heads))} — use option 'fraction' (select='fraction')"
+            )
+        if self.ne >= min(heads):
+            raise ValueError(
+                f"option 'ne'={self.ne} of method '{method}': must be smaller than the number of heads "
+                f"in every layer (smallest: {min(heads)})"
+            )
+
+
+class LowRankQKV(AdapterLayer):
+    """Wraps an attention block's fused qkv Linear and adds the per-head low-rank update."""
+
+    mergeable = True
+
+    def __init__(self, base: nn.Linear, site: AttentionSite, config: LoRAConfig):
+        super().__init__()
+        self.base = base
+        self.site = site
+        self.rank = config.rank
+        self.scale = float(config.scale)
+        self.bits = config.bits
+        self.targets = tuple(config.targets)
+        device = base.weight.device
+        n_targets, heads, head_dim = len(self.targets), site.num_heads, site.head_dim
+        self.lora_A = nn.Parameter(torch.empty(n_targets, self.rank, site.in_dim, device=device))
+        self.lora_B = nn.Parameter(torch.empty(n_targets, heads, head_dim, self.rank, device=device))
+        self.dropout = nn.Dropout(config.dropout)
+        self.register_buffer("active_heads", torch.arange(heads, device=device), persistent=False)
+        self.register_buffer("head_gate", torch.ones(heads, device=device), persistent=False)
+        self.register_buffer("_rows", self._rows_for(self.active_heads), persistent=False)
+        self.merged = False
+        self._weight_backup: torch.Tensor | None = None
+        self.prequantized = False  # weights hold decoded codes from a loaded quantised adapter
+        self._stored_cache: dict[str, torch.Tensor] | None = None
+        self.score_kind: str | None = None
+        self.register_buffer("score_sum", torch.zeros(heads, device=device), persistent=False)
+        self.score_batches = 0
+        self.reset_parameters()
+
+    # ----- construction -------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(self.site.in_dim)  # nn.Linear's Kaiming-uniform (a=√5)
+            self.lora_A.uniform_(-bound, bound)
+            if self.bits >= 32:
+                self.lora_B.zero_()  # the model equals the backbone at init
+            else:
+                # a zero matrix has no spread to quantise, so quantised B starts tiny, not zero
+                nn.init.trunc_normal_(self.lora_B, std=1e-3)
+        self.prequantized, self._stored_cache = False, None
+
+    def _rows_for(self, active: torch.Tensor) -> torch.Tensor:
+        site = self.site
+        offsets = torch.arange(site.head_dim, device=active.device)
+        head_rows = (active[:, None] * site.head_dim + offsets[None, :]).flatten()
+        return torch.stack([TARGET_INDEX[t] * site.attn_dim + head_rows for t in self.targets])
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [self.lora_A, self.lora_B]
+
+    def extra_repr(self) -> str:
+        return (
+            f"targets={','.join(self.targets)}, rank={self.rank}, scale={self.scale}, bits={self.bits}, "
+            f"active_heads={self.active_heads.numel()}/{self.site.num_heads}"
+        )
+
+    # ----- effective weights --------------------------------------------------------------
+    def _quantized(self, stacked: torch.Tensor) -> torch.Tensor:
+        if self.bits >= 32 or self.prequantized:
+            return stacked
+        n = stacked.shape[0]
+        return torch.stack([quant.quantize_ste(stacked[i], self.bits) for i in range(n)])
+
+    def effective_A(self) -> torch.Tensor:
+        """(n_targets·r, d) down-projection as used in the forward pass."""
+        return self._quantized(self.lora_A).reshape(-1, self.site.in_dim)
+
+    def effective_B(self) -> torch.Tensor:
+        """(n_targets, active heads, d_h, r): quantised, scaled and gated per head."""
+        n, h, dh, r = self.lora_B.shape
+        b = self._quantized(self.lora_B.reshape(n, h * dh, r)).reshape(n, h, dh, r)
+        gate = self.head_gate[self.active_heads].to(b.dtype)
+        return b * (self.scale * gate)[None, :, None, None]
+
+    def full_B(self, b_eff: torch.Tensor) -> torch.Tensor:
+        """Scatter the active head blocks into the (3·H·d_h, n_targets·r) up-projection."""
+        n, r = len(self.targets), self.rank
+        full = b_eff.new_zeros(3 * self.site.attn_dim, n, r)
+        for t in range(n):
+            full[self._rows[t], t] = b_eff[t].reshape(-1, r)
+        return full.reshape(3 * self.site.attn_dim, n * r)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW (3·H·d_h, d) that merging adds to qkv.weight."""
+        return self.full_B(self.effective_B()) @ self.effective_A()
+
+    # ----- forward ------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged or self.active_heads.numel() == 0:
+            return out
+        z = self.dropout(F.linear(x, self.effective_A().to(x.dtype)))
+        b_eff = self.effective_B()
+        if self.score_kind == "taylor" and b_eff.requires_grad:
+            b_eff.register_hook(self._taylor_hook(b_eff.detach()))
+        delta = F.linear(z, self.full_B(b_eff).to(x.dtype))
+        if self.score_kind == "activation":
+            self._accumulate_activation(delta)
+        return out + delta
+
+    # ----- responsiveness -----------------------------------------------------------------
+    def _taylor_hook(self, b_eff: torch.Tensor):
+        # |∂L/∂g_h| for a gate g_h = 1 on head h's delta equals |Σ ∂L/∂B_h ⊙ B_h| over its block
+        # (targets summed: one gate per head), so it costs no extra pass.
+        def hook(grad: torch.Tensor) -> None:
+            per_head = (grad.detach().float() * b_eff.float()).sum(dim=(0, 2, 3)).abs()
+            self.score_sum.index_add_(0, self.active_heads, per_head)
+            self.score_batches += 1
+
+        return hook
+
+    @torch.no_grad()
+    def _accumulate_activation(self, delta: torch.Tensor) -> None:
+        site = self.site
+        per_token = delta.detach().float().reshape(-1, 3, site.num_heads, site.head_dim)
+        ids = [TARGET_INDEX[t] for t in self.targets]
+        norms = per_token[:, ids].norm(dim=-1).sum(dim=1).mean(dim=0)  # (H,)
+        self.score_sum += norms
+        self.score_batches += 1
+
+    @torch.no_grad()
+    def weight_scores(self) -> torch.Tensor:
+        """‖s·B^(h)·A‖_F per head, targets summed; zero for switched-off heads."""
+        a = self._quantized(self.lora_A)  # (n, r, d)
+        b = self.effective_B()  # (n, Ha, dh, r)
+        per = torch.einsum("nhdr,nrk->nhdk", b.float(), a.float()).flatten(2).norm(dim=-1).sum(dim=0)
+        scores = torch.zeros(self.site.num_heads, device=per.device)
+        scores[self.active_heads] = per
+        return scores
+
+    def reset_scores(self) -> None:
+        self.score_sum.zero_()
+        self.score_batches = 0
+
+    # ----- head selection -----------------------------------------------------------------
+    @torch.no_grad()
+    def set_active_heads(self, active_mask: torch.Tensor) -> torch.Tensor:
+        """Keep only heads where ``active_mask`` is True. Returns the kept positions inside the
+        current ``lora_B`` (dim 1), so callers can slice optimiser state the same way."""
+        if self.merged:
+            raise RuntimeError(f"{self.site.qkv_name}: unmerge before changing the head selection")
+        active_mask = active_mask.to(torch.bool).cpu()
+        current = self.active_heads.cpu()
+        if active_mask.numel() != self.site.num_heads:
+            raise ValueError(
+                f"{self.site.name}: head mask has {active_mask.numel()} entries, layer has {self.site.num_heads} heads"
+            )
+        current_set = set(current.tolist())
+        switched_on = [h for h in torch.nonzero(active_mask).flatten().tolist() if h not in current_set]
+        if switched_on:
+            raise ValueError(f"{self.site.name}: heads {switched_on} were switched off before and cannot come back")
+        keep = torch.nonzero(active_mask[current]).flatten().to(self.lora_B.device)
+        self.lora_B.data = self.lora_B.data.index_select(1, keep).contiguous()
+        if self.lora_B.grad is not None:
+            self.lora_B.grad = self.lora_B.grad.index_select(1, keep).contiguous()
+        self.active_heads = self.active_heads.index_select(0, keep)
+        self._rows = self._rows_for(self.active_heads)
+        self._stored_cache = None
+        return keep
+
+    def head_mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.site.num_heads, dtype=torch.bool)
+        mask[self.active_heads.cpu()] = True
+        return mask
+
+    # ----- storage ------------------------------------------------------------------------
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        if self.prequantized and self._stored_cache is not None:
+            return dict(self._stored_cache)
+        a, b = self.lora_A.detach(), self.lora_B.detach()
+        if self.bits >= 32:
+            return {"lora_A": a.float().clone(), "lora_B": b.float().clone()}
+        out = {}
+        n, h, dh, r = b.shape
+        for t, name in enumerate(self.targets):
+            for key, matrix in (("lora_A", a[t]), ("lora_B", b[t].reshape(h * dh, r))):
+                codes, stats = quant.encode(matrix, self.bits)
+                out[f"{key}.{name}.codes"] = quant.pack(codes, self.bits)
+                out[f"{key}.{name}.stats"] = stats.float()
+        return out
+
+    @torch.no_grad()
+    def load_stored_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        def fetch(key: str) -> torch.Tensor:
+            if key not in tensors:
+                raise ValueError(f"{source}: missing tensor '{self.site.qkv_name}.{key}'")
+            return tensors[key].to(self.lora_A.device)
+
+        if self.bits >= 32:
+            for key, param in (("lora_A", self.lora_A), ("lora_B", self.lora_B)):
+                value = fetch(key)
+                if value.shape != param.shape:
+                    raise ValueError(
+                        f"{source}: '{self.site.qkv_name}.{key}' has shape {tuple(value.shape)}, "
+                        f"expected {tuple(param.shape)}"
+                    )
+                param.copy_(value)
+            return
+        n, h, dh, r = self.lora_B.shape
+        cache = {}
+        for t, name in enumerate(self.targets):
+            for key, param, numel in (("lora_A", self.lora_A, r * self.site.in_dim), ("lora_B", self.lora_B, h * dh * r)):
+                packed, stats = fetch(f"{key}.{name}.codes"), fetch(f"{key}.{name}.stats")
+                if packed.numel() != quant.packed_nbytes(numel, self.bits):
+                    raise ValueError(
+                        f"{source}: '{self.site.qkv_name}.{key}.{name}.codes' holds {packed.numel()} bytes, "
+                        f"expected {quant.packed_nbytes(numel, self.bits)} for {self.bits}-bit weights"
+                    )
+                values = quant.decode(quant.unpack(packed, self.bits, numel), stats, self.bits)
+                param[t].copy_(values.reshape(param[t].shape))
+                cache[f"{key}.{name}.codes"], cache[f"{key}.{name}.stats"] = packed.clone(), stats.clone()
+        self.prequantized, self._stored_cache = True, cache
+
+    def stored_nbytes(self) -> int:
+        """Closed-form stored size; equals the bytes of ``stored_tensors()``."""
+        n, h, dh, r = self.lora_B.shape
+        sizes = (r * self.site.in_dim, h * dh * r)
+        if self.bits >= 32:
+            return 4 * n * sum(sizes)
+        return n * sum(quant.packed_nbytes(s, self.bits) + quant.STATS_BYTES for s in sizes)
+
+    # ----- merge --------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        weight = self.base.weight
+        self._weight_backup = weight.detach().clone()
+        weight.add_(self.delta_weight().to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        self.base.weight.copy_(self._weight_backup)
+        self._weight_backup = None
+        self.merged = False
+
+
+def lowrank_layers(model: nn.Module) -> list[LowRankQKV]:
+    return [m for m in model.modules() if isinstance(m, LowRankQKV)]
+
+
+def apply_lowrank(model: nn.Module, config: LoRAConfig, method: str) -> None:
+    sites = find_attention_sites(model)
+    if isinstance(config, HeartLoRAConfig):
+        config.resolve(sites, method)
+    for site in sites:
+        qkv = model.get_submodule(site.qkv_name)
+        replace_module(model, site.qkv_name, LowRankQKV(qkv, site, config))
+
+
+LORA_PAPER = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
+BILORA_PAPER = "Jie et al., Revisiting the Parameter Efficiency of Adapters from the Perspective of Precision Redundancy, ICCV 2023"
+HEART_PAPER = "Zhong & Zhou, Rethinking Low-Rank Adaptation in Vision: Exploring Head-Level Responsiveness across Diverse Tasks, arXiv 2404.08894"
+
+register(MethodSpec(
+    "lora", LoRAConfig, apply_lowrank,
+    "low-rank update of q,v (every head), full precision", LORA_PAPER, mergeable=True,
+))
+register(MethodSpec(
+    "bilora", LoRAConfig, apply_lowrank,
+    "LoRA with standard-normal-codebook quantised A and B (straight-through)", BILORA_PAPER,
+    mergeable=True, defaults={"rank": 32, "bits": 1},
+))
+register(MethodSpec(
+    "heart-lora", HeartLoRAConfig, apply_lowrank,
+    "LoRA on task-responsive heads only; global selection (same heads off in every layer)",
+    HEART_PAPER, mergeable=True,
+))
+register(MethodSpec(
+    "heart-lora-layer", HeartLoRAConfig, apply_lowrank,
+    "Heart-LoRA† : each layer switches off its own least responsive heads", HEART_PAPER,
+    mergeable=True, defaults={"select": "layer"},
+))

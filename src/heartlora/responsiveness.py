@@ -1,0 +1,199 @@
+"""Head responsiveness: scores per (layer, head), head selection, and applying a selection.
+
+Scores are lists with one tensor per attention block (Swin's head counts differ per stage).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .methods import get_state
+from .methods.lowrank import LowRankQKV, lowrank_layers, round_half_up
+
+log = logging.getLogger(__name__)
+
+ACCUMULATED = ("taylor", "activation")
+
+
+def _layers(model: nn.Module) -> list[LowRankQKV]:
+    layers = lowrank_layers(model)
+    if not layers:
+        raise ValueError("model has no low-rank (lora / bilora / heart-lora) layers to score")
+    return layers
+
+
+class HeadScorer:
+    """Accumulates responsiveness during ordinary training steps.
+
+    ``taylor``: Σ over batches of |∂L/∂g_h| for a unit gate on each head's delta, read from the
+    gradient of the head's up-projection block that backward computes anyway.
+    ``activation``: mean over batches of the per-token ‖Δq_h‖ + ‖Δv_h‖.
+    ``weight``: ‖s·B_h·A‖_F read from the weights when ``scores()`` is called.
+    Use as a context manager around the scoring epochs.
+    """
+
+    def __init__(self, model: nn.Module, kind: str = "taylor"):
+        if kind not in ACCUMULATED + ("weight",):
+            raise ValueError(f"score '{kind}' cannot be accumulated during training; "
+                             f"use one of taylor, activation, weight (ablation: ablation_scores)")
+        self.kind = kind
+        self.layers = _layers(model)
+        for layer in self.layers:
+            layer.reset_scores()
+            layer.score_kind = kind if kind in ACCUMULATED else None
+
+    def scores(self) -> list[torch.Tensor]:
+        if self.kind == "weight":
+            return [layer.weight_scores().cpu() for layer in self.layers]
+        if self.kind == "activation":
+            return [(l.score_sum / max(l.score_batches, 1)).cpu() for l in self.layers]
+        return [l.score_sum.detach().clone().cpu() for l in self.layers]
+
+    def close(self) -> None:
+        for layer in self.layers:
+            layer.score_kind = None
+
+    def __enter__(self) -> "HeadScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@torch.no_grad()
+def ablation_scores(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+) -> list[torch.Tensor]:
+    """Exact responsiveness: loss increase when one head's delta is removed (eval mode).
+    Costs (1 + L·H) forward passes per batch."""
+    layers = _layers(model)
+    batches = list(batches)
+    if not batches:
+        raise ValueError("ablation_scores needs at least one batch")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+
+    def loss() -> float:
+        total = 0.0
+        for images, labels in batches:
+            total += float(loss_fn(model(images.to(device)), labels.to(device)))
+        return total / len(batches)
+
+    try:
+        reference = loss()
+        scores = []
+        for layer in layers:
+            per_head = torch.zeros(layer.site.num_heads)
+            for head in layer.active_heads.tolist():
+                layer.head_gate[head] = 0.0
+                try:
+                    per_head[head] = loss() - reference
+                finally:
+                    layer.head_gate[head] = 1.0
+            scores.append(per_head)
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def select_heads(
+    scores: Sequence[torch.Tensor],
+    ne: int | None = None,
+    select: str = "global",
+    fraction: float | None = None,
+    normalize: bool = False,
+) -> list[torch.Tensor]:
+    """Boolean masks (True = active) per layer. The least responsive heads are switched off;
+    ties go to the lower head index, so the result is deterministic."""
+    scores = [torch.as_tensor(s, dtype=torch.float64).flatten().cpu() for s in scores]
+    if normalize:
+        scores = [s / s.sum() if s.sum() > 0 else s for s in scores]
+    heads = [s.numel() for s in scores]
+
+    def lowest(values: torch.Tensor, count: int) -> list[int]:
+        order = sorted(range(values.numel()), key=lambda h: (float(values[h]), h))
+        return order[:count]
+
+    def mask_without(n_heads: int, off: list[int]) -> torch.Tensor:
+        mask = torch.ones(n_heads, dtype=torch.bool)
+        mask[off] = False
+        return mask
+
+    if select == "global":
+        if len(set(heads)) != 1:
+            raise ValueError(f"select='global' needs equal head counts per layer, got {heads}; use select='fraction'")
+        count = _check_ne(ne, min(heads))
+        off = lowest(torch.stack(scores).sum(dim=0), count)
+        masks = [mask_without(h, off) for h in heads]
+    elif select == "layer":
+        count = _check_ne(ne, min(heads))
+        masks = [mask_without(s.numel(), lowest(s, count)) for s in scores]
+    elif select == "fraction":
+        if fraction is None or not 0.0 <= fraction < 1.0:
+            raise ValueError(f"select='fraction' needs option 'fraction' in [0, 1), got {fraction!r}")
+        masks = [mask_without(s.numel(), lowest(s, round_half_up(fraction * s.numel()))) for s in scores]
+    else:
+        raise ValueError(f"option 'select'={select!r}: expected global, layer or fraction")
+    log.info("head selection (%s): switched off %s", select,
+             [torch.nonzero(~m).flatten().tolist() for m in masks])
+    return masks
+
+
+def _check_ne(ne: int | None, min_heads: int) -> int:
+    if ne is None or ne < 0 or ne >= min_heads:
+        raise ValueError(f"option 'ne'={ne!r}: expected 0 <= ne < {min_heads} (heads per layer)")
+    return ne
+
+
+@torch.no_grad()
+def apply_head_selection(
+    model: nn.Module,
+    masks: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+    scores: Sequence[torch.Tensor] | None = None,
+) -> None:
+    """Switch off heads: their B blocks are removed (zero delta, zero gradient, not stored).
+    Optimiser state of the remaining blocks is kept, sliced like the parameters."""
+    layers = _layers(model)
+    if len(masks) != len(layers):
+        raise ValueError(f"got {len(masks)} head masks for {len(layers)} attention blocks")
+    for layer, mask in zip(layers, masks):
+        param = layer.lora_B
+        keep = layer.set_active_heads(torch.as_tensor(mask))
+        if optimizer is not None and param in optimizer.state:
+            state = optimizer.state[param]
+            for key, value in list(state.items()):
+                if torch.is_tensor(value) and value.dim() == 4 and value.shape[1] != param.shape[1]:
+                    state[key] = value.index_select(1, keep.to(value.device)).contiguous()
+    state = get_state(model)
+    state.head_masks = [layer.head_mask().tolist() for layer in layers]
+    if scores is not None:
+        state.scores = [torch.as_tensor(s).flatten().tolist() for s in scores]
+
+
+def select_and_apply(
+    model: nn.Module,
+    scores: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> list[torch.Tensor]:
+    """Select heads with the model's own options (ne / select / fraction / normalize) and apply."""
+    state = get_state(model)
+    opts = state.options
+    if opts.get("select") is None:
+        raise ValueError(f"method '{state.method}' does not select heads")
+    masks = select_heads(scores, ne=opts.get("ne"), select=opts["select"],
+                         fraction=opts.get("fraction"), normalize=opts.get("normalize", False))
+    apply_head_selection(model, masks, optimizer=optimizer, scores=scores)
+    state.selection = {
+        "score": opts.get("score"), "select": opts["select"], "ne": opts.get("ne"),
+        "fraction": opts.get("fraction"),
+        "switched_off": [torch.nonzero(~m).flatten().tolist() for m in masks],
+    }
+    return masks
