@@ -122,11 +122,12 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     tensors = load_file(str(weights_path))
     remaining = dict(tensors)
     params = dict(model.named_parameters())
+    owned = _owned_parameter_ids(model)
+    plain = {n for n, p in params.items() if id(p) not in owned}
     for name, layer in adapter_layers(model).items():
         prefix = name + "."
-        own = {k[len(prefix):]: remaining.pop(k) for k in list(remaining) if k.startswith(prefix) and k not in params}
+        own = {k[len(prefix):]: remaining.pop(k) for k in list(remaining) if k.startswith(prefix) and k not in plain}
         layer.load_stored_tensors(own, str(weights_path))
-    owned = _owned_parameter_ids(model)
     for name, value in list(remaining.items()):
         param = params.get(name)
         if param is None or id(param) in owned:

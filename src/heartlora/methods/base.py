@@ -30,6 +30,10 @@ class AdapterLayer(nn.Module):
     def load_stored_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         raise NotImplementedError
 
+    def stored_nbytes(self) -> int:
+        """Closed-form size of ``stored_tensors()`` in bytes (checked against it in the tests)."""
+        raise NotImplementedError
+
     def merge(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot be merged into the backbone")
 
@@ -46,6 +50,9 @@ class MethodSpec:
     paper: str
     mergeable: bool
     defaults: dict = field(default_factory=dict)
+    # Whether the adapted model equals the backbone at init, given the resolved options
+    # (e.g. quantised B starts non-zero). The test matrix holds every method to this.
+    identity_at_init: Callable[[dict], bool] = lambda options: True
 
     def option_defaults(self) -> dict:
         base = {f.name: f.default for f in dataclasses.fields(self.config_cls)}

@@ -79,8 +79,10 @@ class HeartLoRAConfig(LoRAConfig):
         """Fill the defaults that depend on the backbone's head counts."""
         heads = [s.num_heads for s in sites]
         uniform = len(set(heads)) == 1
+        if self.fraction is not None and self.select in (None, "layer"):
+            self.select = "fraction"  # a fraction of each layer's own heads is per-layer selection
         if self.select is None:
-            self.select = "fraction" if self.fraction is not None else "global"
+            self.select = "global"
         if self.select == "fraction":
             if self.ne is not None:
                 raise ValueError(f"method '{method}': select='fraction' takes option 'fraction', not 'ne'")
@@ -352,6 +354,10 @@ def lowrank_layers(model: nn.Module) -> list[LowRankQKV]:
     return [m for m in model.modules() if isinstance(m, LowRankQKV)]
 
 
+def _full_precision(options: dict) -> bool:
+    return options["bits"] >= 32
+
+
 def apply_lowrank(model: nn.Module, config: LoRAConfig, method: str) -> None:
     sites = find_attention_sites(model)
     if isinstance(config, HeartLoRAConfig):
@@ -367,20 +373,20 @@ HEART_PAPER = "Zhong & Zhou, Rethinking Low-Rank Adaptation in Vision: Exploring
 
 register(MethodSpec(
     "lora", LoRAConfig, apply_lowrank,
-    "low-rank update of q,v (every head), full precision", LORA_PAPER, mergeable=True,
+    "low-rank update of q,v (every head), full precision", LORA_PAPER, mergeable=True, identity_at_init=_full_precision,
 ))
 register(MethodSpec(
     "bilora", LoRAConfig, apply_lowrank,
     "LoRA with standard-normal-codebook quantised A and B (straight-through)", BILORA_PAPER,
-    mergeable=True, defaults={"rank": 32, "bits": 1},
+    mergeable=True, defaults={"rank": 32, "bits": 1}, identity_at_init=_full_precision,
 ))
 register(MethodSpec(
     "heart-lora", HeartLoRAConfig, apply_lowrank,
     "LoRA on task-responsive heads only; global selection (same heads off in every layer)",
-    HEART_PAPER, mergeable=True,
+    HEART_PAPER, mergeable=True, identity_at_init=_full_precision,
 ))
 register(MethodSpec(
     "heart-lora-layer", HeartLoRAConfig, apply_lowrank,
     "Heart-LoRA† : each layer switches off its own least responsive heads", HEART_PAPER,
-    mergeable=True, defaults={"select": "layer"},
+    mergeable=True, defaults={"select": "layer"}, identity_at_init=_full_precision,
 ))
