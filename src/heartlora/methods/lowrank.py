@@ -205,10 +205,14 @@ class LowRankQKV(AdapterLayer):
         b_eff = self.effective_B()
         if self.score_kind == "taylor" and b_eff.requires_grad:
             b_eff.register_hook(self._taylor_hook(b_eff.detach()))
-        delta = F.linear(z, self.full_B(b_eff).to(x.dtype))
+        up = self.full_B(b_eff).to(out.dtype)
         if self.score_kind == "activation":
+            delta = F.linear(z, up)
             self._accumulate_activation(delta)
-        return out + delta
+            return out + delta
+        # out += z·Bᵀ in place, in one kernel: Linear's backward never reads its own output
+        flat = out.reshape(-1, out.shape[-1])
+        return flat.addmm_(z.reshape(-1, z.shape[-1]).to(out.dtype), up.t()).view(out.shape)
 
     # ----- responsiveness -----------------------------------------------------------------
     def _taylor_hook(self, b_eff: torch.Tensor):
