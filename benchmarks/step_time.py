@@ -203,7 +203,57 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
         if peft:
             row["vs_peft"] = row["median_s"] / peft["median_s"]
             row["memory_vs_peft"] = row["memory_bytes"] / max(peft["memory_bytes"], 1)
-    return {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank, "rows": rows}
+    rows["heart-lora scoring"]["taylor_overhead"] = (
+        rows["heart-lora scoring"]["median_s"] / rows["heart-lora ne=0"]["median_s"] - 1.0
+    )
+    result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank, "rows": rows}
+    result["inference"] = bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, device)
+    result["ablation"] = bench_ablation(timm_name, kwargs, images, labels, heads, rank, device)
+    return result
+
+
+@torch.no_grad()
+def bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, device) -> dict:
+    """Eval forward: plain backbone vs merged Heart-LoRA (and unmerged, for reference)."""
+    def build(kind):
+        torch.manual_seed(0)
+        model = timm.create_model(timm_name, pretrained=False, num_classes=10, **kwargs).to(device).eval()
+        if kind != "backbone":
+            _heartlora("heart-lora", rank=rank, ne=heads // 3)(model)
+            if kind == "merged":
+                heartlora.merge(model)
+        return model.eval()
+
+    models = {kind: build(kind) for kind in ("backbone", "merged", "unmerged")}
+    times = {kind: [] for kind in models}
+    for _ in range(warmup):
+        for model in models.values():
+            model(images)
+    for _ in range(repeats):
+        for kind, model in models.items():
+            start = time.perf_counter()
+            model(images)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[kind].append(time.perf_counter() - start)
+    medians = {kind: statistics.median(v) for kind, v in times.items()}
+    return {
+        "median_s": medians,
+        "merged_vs_backbone": medians["merged"] / medians["backbone"],
+        "unmerged_vs_backbone": medians["unmerged"] / medians["backbone"],
+    }
+
+
+def bench_ablation(timm_name, kwargs, images, labels, heads, rank, device) -> dict:
+    """Wall time of exact ablation scores on one batch (1 + L·H forward passes)."""
+    torch.manual_seed(0)
+    model = timm.create_model(timm_name, pretrained=False, num_classes=10, **kwargs).to(device)
+    heartlora.apply(model, "heart-lora", rank=rank, ne=heads // 3)
+    start = time.perf_counter()
+    heartlora.ablation_scores(model, [(images, labels)])
+    seconds = time.perf_counter() - start
+    layers = len(heartlora.find_attention_sites(model))
+    return {"seconds_per_batch": seconds, "forward_passes": 1 + layers * heads}
 
 
 def print_table(result: dict) -> None:
@@ -213,6 +263,11 @@ def print_table(result: dict) -> None:
         print(f"{name:<22}{row['median_s'] * 1e3:>10.1f}{row['spread']:>8.1%}{row['vs_floor']:>8.3f}"
               f"{row.get('vs_peft', float('nan')):>8.3f}{row['memory_bytes'] / 2**20:>9.1f}"
               f"{row.get('memory_vs_peft', float('nan')):>9.3f}")
+    print(f"taylor scoring overhead: {result['rows']['heart-lora scoring']['taylor_overhead']:+.1%} of step time")
+    inf = result["inference"]
+    print(f"inference: merged/backbone {inf['merged_vs_backbone']:.3f}, unmerged/backbone {inf['unmerged_vs_backbone']:.3f}")
+    abl = result["ablation"]
+    print(f"ablation scores: {abl['seconds_per_batch']:.2f} s per batch ({abl['forward_passes']} forward passes)")
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,6 @@ through the whole quantiser. Storage is ``bits`` per weight, bit-packed, plus fp
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 
@@ -16,15 +15,18 @@ EPS = 1e-5
 STATS_BYTES = 8  # fp32 μ and σ per matrix
 
 
-@lru_cache(maxsize=None)
-def _codebook_cpu(bits: int) -> torch.Tensor:
+def _normal_quantiles(bits: int) -> torch.Tensor:
     n = 2**bits
     probs = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     return torch.special.ndtri(probs).to(torch.float32)
 
 
+# Precomputed once (a plain dict of constants also traces cleanly under torch.compile).
+_CODEBOOKS = {bits: _normal_quantiles(bits) for bits in VALID_BITS if bits < 32}
+
+
 def codebook(bits: int, device=None) -> torch.Tensor:
-    return _codebook_cpu(bits).to(device)
+    return _CODEBOOKS[bits].to(device)
 
 
 def _boundaries(bits: int, device) -> torch.Tensor:
