@@ -1,0 +1,1 @@
+"""Sweeps, aggregation and reports over run records."""
