@@ -198,21 +198,24 @@ class LowRankQKV(AdapterLayer):
 
     # ----- forward ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
         if self.merged or self.active_heads.numel() == 0:
-            return out
-        z = self.dropout(F.linear(x, self.effective_A().to(x.dtype)))
+            return self.base(x)
         b_eff = self.effective_B()
         if self.score_kind == "taylor" and b_eff.requires_grad:
             b_eff.register_hook(self._taylor_hook(b_eff.detach()))
-        up = self.full_B(b_eff).to(out.dtype)
+        z = self.dropout(F.linear(x, self.effective_A().to(x.dtype)))
         if self.score_kind == "activation":
-            delta = F.linear(z, up)
+            delta = F.linear(z, self.full_B(b_eff).to(z.dtype))
             self._accumulate_activation(delta)
-            return out + delta
-        # out += z·Bᵀ in place, in one kernel: Linear's backward never reads its own output
-        flat = out.reshape(-1, out.shape[-1])
-        return flat.addmm_(z.reshape(-1, z.shape[-1]).to(out.dtype), up.t()).view(out.shape)
+            return self.base(x) + delta
+        # qkv(x) + z·Bᵀ as one addmm plus one in-place addmm on a fresh (non-view) tensor:
+        # no extra (tokens × 3d) tensor, and Linear's backward never reads its own output.
+        x2d, z2d = x.reshape(-1, x.shape[-1]), z.reshape(-1, z.shape[-1])
+        weight, bias = self.base.weight, self.base.bias
+        out = torch.mm(x2d, weight.t().to(x2d.dtype)) if bias is None else torch.addmm(
+            bias.to(x2d.dtype), x2d, weight.t().to(x2d.dtype))
+        out.addmm_(z2d, self.full_B(b_eff).to(out.dtype).t())
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     # ----- responsiveness -----------------------------------------------------------------
     def _taylor_hook(self, b_eff: torch.Tensor):
