@@ -181,6 +181,11 @@ def test_ties_switch_off_lower_index_and_fraction_rounds_per_layer():
     assert [int((~m).sum()) for m in masks] == [1, 1, 2]  # round-half-up(0.25·H_l)
 
 
+def test_first_selection_ignores_scores():
+    masks = heartlora.select_heads([torch.tensor([9.0, 8.0, 0.0, 0.0])] * 2, ne=2, select="first")
+    assert [m.tolist() for m in masks] == [[False, False, True, True]] * 2
+
+
 def test_normalize_scales_layers_before_accumulating():
     scores = [torch.tensor([10.0, 20.0, 30.0, 40.0]), torch.tensor([0.97, 0.01, 0.01, 0.01])]
     assert (~heartlora.select_heads(scores, ne=1, select="global")[0]).nonzero().item() == 0

@@ -1,6 +1,6 @@
 """Every property, against every registered method × {ViT, Swin} × {fp32, 1 bit where the method
-quantises}. A method that cannot run on a backbone declares it with ``supports`` in
-METHOD_CASES below; nothing is skipped silently."""
+quantises}. A method that cannot run on a backbone is listed in UNSUPPORTED below with the
+reason, and test_unsupported_backbone asserts its clear error; nothing is skipped silently."""
 import copy
 
 import pytest
@@ -20,8 +20,25 @@ METHOD_CASES = {
     "bilora": {"rank": 4},
     "heart-lora": {"ne": 1},
     "heart-lora-layer": {"ne": 1},
+    "full": {},
+    "linear": {},
+    "bitfit": {},
+    "vpt-shallow": {"prompts": 3},
+    "vpt-deep": {"prompts": 3},
+    "adapter": {"dim": 4},
+    "adaptformer": {"dim": 4},  # adapter reads the MLP's normalised input (default)
+    "bi-adaptformer": {"dim": 4},  # adapter reads the residual stream (default), no biases
+    # a fixed NOAH sub-network (every branch used in some layer; the supernet is in test_noah.py)
+    "noah": {"subnet": {"prompt": [2, 1], "lora": [1, 2], "adapter": [2, 1]}},
 }
-UNSUPPORTED = {}  # (method, backbone) -> reason, asserted to raise a clear error
+# (method, backbone) -> why it cannot run. These cases are not skipped: test_unsupported_backbone
+# asserts that applying the method raises a ValueError naming the method and the backbone.
+_NO_TOKENS = "Swin has no class token / global token sequence to insert prompt tokens into"
+UNSUPPORTED = {
+    ("vpt-shallow", "swin"): _NO_TOKENS,
+    ("vpt-deep", "swin"): _NO_TOKENS,
+    ("noah", "swin"): "NOAH's VPT-Deep branch needs a token sequence; " + _NO_TOKENS,
+}
 
 
 def _cases():
@@ -29,6 +46,8 @@ def _cases():
         options = METHOD_CASES.get(method, {})
         bit_choices = [32, 1] if "bits" in spec.option_defaults() else [None]
         for backbone in BACKBONES:
+            if (method, backbone) in UNSUPPORTED:
+                continue  # asserted by test_unsupported_backbone instead
             for bits in bit_choices:
                 opts = dict(options)
                 if bits is not None:
@@ -48,12 +67,32 @@ def test_every_registered_method_has_matrix_options():
 
 
 def _adapted(method, backbone, opts, seed=0):
-    if (method, backbone) in UNSUPPORTED:
-        pytest.skip(UNSUPPORTED[(method, backbone)])
     model = BACKBONES[backbone](seed)
     torch.manual_seed(1)
+    if (method, backbone) in UNSUPPORTED:
+        # never a silent skip: the method must refuse the backbone with a clear error
+        with pytest.raises(ValueError, match=rf"(?s)'{method}'.*{type(model).__name__}"):
+            heartlora.apply(model, method, **opts)
+        return None
     heartlora.apply(model, method, **opts)
     return model
+
+
+UNSUPPORTED_CASES = [
+    pytest.param(method, backbone, id=f"{method}-{backbone}") for method, backbone in sorted(UNSUPPORTED)
+]
+
+
+def test_unsupported_table_names_registered_methods_and_backbones():
+    assert {m for m, _ in UNSUPPORTED} <= set(registered())
+    assert {b for _, b in UNSUPPORTED} <= set(BACKBONES)
+
+
+@pytest.mark.parametrize("method,backbone", UNSUPPORTED_CASES)
+def test_unsupported_backbone(method, backbone):
+    """A method that cannot run on a backbone raises a ValueError naming both."""
+    model = _adapted(method, backbone, dict(METHOD_CASES.get(method, {})))
+    assert model is None
 
 
 def _switch_off_some_heads(model):

@@ -135,12 +135,16 @@ def select_heads(
     elif select == "layer":
         count = _check_ne(ne, min(heads))
         masks = [mask_without(s.numel(), lowest(s, count)) for s in scores]
+    elif select == "first":
+        # the paper's arbitrary-deactivation control (Figure 3): scores are ignored
+        count = _check_ne(ne, min(heads))
+        masks = [mask_without(h, list(range(count))) for h in heads]
     elif select == "fraction":
         if fraction is None or not 0.0 <= fraction < 1.0:
             raise ValueError(f"select='fraction' needs option 'fraction' in [0, 1), got {fraction!r}")
         masks = [mask_without(s.numel(), lowest(s, round_half_up(fraction * s.numel()))) for s in scores]
     else:
-        raise ValueError(f"option 'select'={select!r}: expected global, layer or fraction")
+        raise ValueError(f"option 'select'={select!r}: expected global, layer, fraction or first")
     log.info("head selection (%s): switched off %s", select,
              [torch.nonzero(~m).flatten().tolist() for m in masks])
     return masks

@@ -18,6 +18,7 @@ from .base import (
     registered,
 )
 from . import lowrank  # noqa: F401  (registers lora, bilora, heart-lora, heart-lora-layer)
+from . import simple, prompts, bottleneck, noah  # noqa: F401,E402  (baselines: full, linear, bitfit, vpt-*, adapter, adaptformer, bi-adaptformer, noah)
 
 STATE_ATTR = "heartlora_state"
 

@@ -20,7 +20,7 @@ from . import quant
 from .base import AdapterLayer, MethodSpec, register, replace_module
 
 SCORE_KINDS = ("taylor", "weight", "activation", "ablation")
-SELECT_KINDS = ("global", "layer", "fraction")
+SELECT_KINDS = ("global", "layer", "fraction", "first")  # first: heads 0..ne-1, the arbitrary-deactivation control
 
 
 def round_half_up(x: float) -> int:
