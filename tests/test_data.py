@@ -342,3 +342,20 @@ def test_folder_errors(folder_root):
         load_task("folder", folder_root)
     with pytest.raises(DataError, match=r"train: split folder not found"):
         load_task("folder", folder_root / "val")
+
+
+def test_custom_task_in_vtab_layout_declares_its_classes(tmp_path):
+    from heartlora.data import load_task
+    from heartlora.data.synthetic import make_vtab
+
+    make_vtab(tmp_path, tasks=("cifar",), n_train=8, n_val=4, n_test=8, image_size=16, num_classes=3)
+    custom = tmp_path / "my_task"
+    (tmp_path / "cifar").rename(custom)
+    with pytest.raises(DataError, match="unknown VTAB-1K task|my_task"):
+        load_task("vtab", tmp_path, "my_task", image_size=16)
+    (custom / "classes.txt").write_text("a\nb\nc\n")
+    task = load_task("vtab", tmp_path, "my_task", image_size=16)
+    assert task.name == "my_task" and task.num_classes == 3 and len(task.train) == 12
+    (custom / "classes.txt").write_text("a\nb\n")  # a label 2 no longer fits
+    with pytest.raises(DataError, match="label"):
+        load_task("vtab", tmp_path, "my_task", image_size=16)

@@ -33,9 +33,13 @@ def _found_here(root: Path) -> str:
 def locate_vtab(root: str | Path, task: str | None) -> Layout:
     """Find the task folder (``root/<alias>`` or ``root`` itself) and describe its four lists.
 
-    With ``task=None`` the root must be a task folder whose name is a known alias.
+    With ``task=None`` the root must be a task folder whose name is a known alias. A folder of
+    one's own in the same layout is a task too when it holds a ``classes.txt``.
     """
     root = Path(root)
+    custom = _custom_task(root, task)
+    if custom is not None:
+        return custom
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found; expected a VTAB-1K root holding <task>/{{{_FILES}}}")
     if task is None:
@@ -57,7 +61,28 @@ def locate_vtab(root: str | Path, task: str | None) -> Layout:
                                 f"(or an alias: {', '.join(aliases(name)[1:]) or 'none'}) holding {_FILES}"
                                 f"{_found_here(root)}")
             directory = root
-    num_classes = VTAB_TASKS[name]
+    return _layout(name, directory, VTAB_TASKS[name])
+
+
+CLASSES_FILE = "classes.txt"
+
+
+def _custom_task(root: Path, task: str | None) -> Layout | None:
+    """A task of one's own in the VTAB-1K layout: a folder with the four lists and a
+    ``classes.txt`` (one class name per line) that declares the class count."""
+    directory = root / task if task is not None else root
+    if lookup_task(task if task is not None else directory.name, "vtab") is not None:
+        return None  # a VTAB-1K task: its class count comes from the benchmark
+    classes_file = directory / CLASSES_FILE
+    if not (directory.is_dir() and has_lists(directory) and classes_file.is_file()):
+        return None
+    classes = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+    if not classes:
+        raise DataError(f"{classes_file}: empty; expected one class name per line")
+    return _layout(directory.name, directory, len(classes))
+
+
+def _layout(name: str, directory: Path, num_classes: int) -> Layout:
     hint = (f"expected the VTAB-1K lists {_FILES} in {directory}, "
             "lines 'images/<split>/<file>.jpg <label>'")
     splits = {
