@@ -1,0 +1,413 @@
+"""The ``heartlora`` command line: ``train``, ``eval``, ``data verify``, ``methods``.
+
+Settings come from (lowest to highest precedence) the ``paper`` recipe defaults, ``--preset``,
+``--config FILE.yaml`` (keys = the long option names, or nested model/method/data/schedule
+sections as in ``run.json``), then the flags given on the command line.
+
+Exit codes: 0 success; 1 bad data, weights, adapter or files (the message names the file and
+line); 2 usage errors (unknown flag, method or option, invalid value); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import (
+    METHOD_SHORTCUTS,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    ScheduleConfig,
+    apply_mapping,
+    load_yaml,
+    parse_key_values,
+    parse_model_kwargs,
+)
+
+PROG = "heartlora"
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _key_value(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0].strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _add(group, suppress: bool, *flags: str, default: Any = None, **kwargs: Any) -> None:
+    """add_argument whose default is shown in --help, or SUPPRESSed to detect explicit flags."""
+    group.add_argument(*flags, default=argparse.SUPPRESS if suppress else default, **kwargs)
+
+
+# ------------------------------------------------------------------------------ arguments
+def _model_args(parser, suppress: bool, defaults: bool = True):
+    m = ModelConfig()
+    g = parser.add_argument_group("backbone")
+    d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    _add(g, suppress, "--model", default=d(m.name), metavar="NAME", help="timm model name (never downloaded)")
+    _add(g, suppress, "--weights", default=d(m.weights), metavar="FILE",
+         help="local backbone weights: .npz (Google ViT, e.g. ViT-B_16.npz), .pth, .bin or .safetensors")
+    _add(g, suppress, "--weights-sha256", default=d(m.weights_sha256), metavar="HEX", help="expected sha256 of --weights")
+    _add(g, suppress, "--model-kwargs", default=d([]), metavar="KEY=VALUE", nargs="+", action="extend", type=_key_value,
+         help="extra timm.create_model arguments, e.g. patch_size=8 depth=2 num_heads=4")
+    return g
+
+
+def _data_args(parser, suppress: bool, defaults: bool = True, loader: bool = True) -> None:
+    c = DataConfig()
+    g = parser.add_argument_group("data")
+    d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    _add(g, suppress, "--data-kind", default=d(c.kind), choices=("vtab", "fewshot", "folder"), help="data layout")
+    _add(g, suppress, "--data", default=d(c.root), metavar="ROOT", help="data root folder")
+    _add(g, suppress, "--task", default=d(c.task), help="task / dataset name under ROOT (any alias; leave out when ROOT is the task)")
+    _add(g, suppress, "--split", default=d(c.split), choices=("final", "paper", "tune"),
+         help="final: train800val200 -> test; tune: train800 -> val200")
+    _add(g, suppress, "--shots", default=d(c.shots), type=_positive_int, help="few-shot K (fewshot kind)")
+    _add(g, suppress, "--fewshot-seed", default=d(c.fewshot_seed), type=_nonneg_int, help="few-shot list seed S (fewshot kind)")
+    _add(g, suppress, "--num-classes", default=d(c.num_classes), type=_positive_int, help="expected class count (checked)")
+    _add(g, suppress, "--image-size", default=d(c.image_size), type=_positive_int, help="Resize((S,S), bicubic)")
+    _add(g, suppress, "--normalize", default=d(c.normalize), choices=("none", "imagenet", "inception"), help="input normalisation")
+    if loader:
+        _add(g, suppress, "--augment", default=d(c.augment), action=argparse.BooleanOptionalAction,
+             help="few-shot training augmentation (flip + colour jitter)")
+    _add(g, suppress, "--check-images", default=d(c.check_images if loader else False), action=argparse.BooleanOptionalAction,
+         help="decode every image before starting")
+    _add(g, suppress, "--workers", default=d(c.workers), type=_nonneg_int, help="DataLoader worker processes")
+
+
+def _train_parser(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    g = _model_args(parser, suppress)
+    m = ModelConfig()
+    _add(g, suppress, "--drop-path", default=m.drop_path, type=float, help="stochastic depth rate")
+    _add(g, suppress, "--classifier-init", default=m.classifier_init, choices=("torch", "trunc_normal"),
+         help="new classifier init: torch = nn.Linear default (Bi-LoRA lineage), trunc_normal = std .02, zero bias (NOAH)")
+
+    g = parser.add_argument_group("method")
+    _add(g, suppress, "--method", default="heart-lora", help="registered method (see `heartlora methods`)")
+    _add(g, suppress, "--opt", default=[], metavar="KEY=VALUE", action="append", type=_key_value,
+         help="method option, repeatable (e.g. --opt score=ablation --opt restart=true)")
+    _add(g, suppress, "--rank", default=None, type=_positive_int, help="shortcut for --opt rank=R (method default if unset)")
+    _add(g, suppress, "--scale", default=None, type=float, help="shortcut for --opt scale=S")
+    _add(g, suppress, "--ne", default=None, type=_nonneg_int, help="shortcut for --opt ne=N (heads switched off per layer)")
+    _add(g, suppress, "--bits", default=None, type=int, help="shortcut for --opt bits=B (32 = full precision)")
+
+    _data_args(parser, suppress)
+
+    s = ScheduleConfig()
+    g = parser.add_argument_group("schedule (DESIGN §4 recipe)")
+    _add(g, suppress, "--epochs", default=s.epochs, type=_positive_int, help="training epochs")
+    _add(g, suppress, "--warmup-epochs", default=s.warmup_epochs, type=_nonneg_int,
+         help="linear warm-up epochs (also the default Heart-LoRA scoring length)")
+    _add(g, suppress, "--lr", default=s.lr, type=float, help="AdamW peak learning rate")
+    _add(g, suppress, "--warmup-lr", default=s.warmup_lr, type=float, help="lr at the start of warm-up")
+    _add(g, suppress, "--min-lr", default=s.min_lr, type=float, help="cosine floor")
+    _add(g, suppress, "--weight-decay", default=s.weight_decay, type=float, help="AdamW weight decay")
+    _add(g, suppress, "--batch-size", default=s.batch_size, type=_positive_int, help="training batch size")
+    _add(g, suppress, "--drop-last", default=s.drop_last, action=argparse.BooleanOptionalAction,
+         help="drop the last incomplete training batch")
+    _add(g, suppress, "--eval-every", default=s.eval_every, type=_nonneg_int,
+         help="evaluate after epochs e with (e+1) %% N == 0, and after the last (0: last only)")
+    _add(g, suppress, "--eval-batch-size", default=s.eval_batch_size, type=_positive_int, help="default: --batch-size")
+    _add(g, suppress, "--ablation-batches", default=s.ablation_batches, type=_positive_int,
+         help="training batches used by --opt score=ablation")
+
+    r = RunConfig()
+    g = parser.add_argument_group("run")
+    _add(g, suppress, "--seed", default=r.seed, type=_nonneg_int, help="run seed (init, order, dropout)")
+    _add(g, suppress, "--device", default=r.device, help="auto, cpu, cuda, cuda:N")
+    _add(g, suppress, "--amp", default=r.amp, choices=("auto", "bf16", "none"), help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    _add(g, suppress, "--out", default=r.out, metavar="DIR", help="run directory: run.json, adapter/, checkpoint.pt")
+    _add(g, suppress, "--resume", default=r.resume, action="store_true", help="continue the run in --out from its checkpoint")
+    _add(g, suppress, "--quiet", default=r.quiet, action="store_true", help="no progress bar or per-epoch lines")
+    _add(g, suppress, "--config", default=None, metavar="YAML", help="settings file (keys = long option names); flags override")
+    _add(g, suppress, "--preset", default="paper", choices=("paper",), help="recipe preset applied before --config")
+
+
+def _eval_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, metavar="DIR",
+                        help="adapter folder (from a run: RUN/adapter; a run folder also works)")
+    g = _model_args(parser, False, defaults=False)
+    _add(g, False, "--seed", default=argparse.SUPPRESS, type=_nonneg_int,
+         help="seed of a randomly initialised backbone (default: the run's, from backbone.json)")
+    _data_args(parser, False, defaults=False, loader=False)
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--batch-size", type=_positive_int, default=64, help="evaluation batch size")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"), help="auto: bf16 autocast on CUDA")
+    g.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_Formatter,
+        description="Head-level LoRA (Heart-LoRA) and PETL baselines for timm Vision Transformers.",
+        epilog="Run `heartlora COMMAND --help` for the options of a command.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = sub.add_parser("train", formatter_class=_Formatter, help="train a method on a task (run.json, adapter/)",
+                           description="Train one run: backbone x method x data x schedule. Writes OUT/run.json, "
+                                       "OUT/adapter/ and OUT/checkpoint.pt.")
+    _train_parser(train, suppress)
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", formatter_class=_Formatter, help="evaluate a saved adapter on a task",
+                        description="Load a saved adapter into its backbone and print its accuracy. Backbone settings "
+                                    "default to the adapter's backbone.json, data settings to the run.json beside it.")
+    _eval_parser(ev)
+    ev.set_defaults(func=_cmd_eval)
+
+    data = sub.add_parser("data", formatter_class=_Formatter, help="data tools", description="Data tools.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    verify = data_sub.add_parser("verify", formatter_class=_Formatter, help="check a task's data and print its manifest hash",
+                                 description="Split sizes, label range vs class count, unreadable images, duplicates, "
+                                             "and the manifest hash that runs record. Exit code 1 if there are problems.")
+    verify.add_argument("root", metavar="ROOT", help="data root (or the task folder itself)")
+    verify.add_argument("--kind", default="vtab", choices=("vtab", "fewshot", "folder"), help="data layout")
+    verify.add_argument("--task", default=None, help="task / dataset name under ROOT")
+    verify.add_argument("--shots", default=None, type=_positive_int, help="few-shot K (with --fewshot-seed)")
+    verify.add_argument("--fewshot-seed", default=None, type=_nonneg_int, help="few-shot list seed S")
+    verify.add_argument("--check-images", default=True, action=argparse.BooleanOptionalAction, help="decode every image")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=_cmd_verify)
+
+    methods = sub.add_parser("methods", formatter_class=_Formatter, help="list registered methods and their options",
+                             description="Registered methods, their options with defaults, and whether they merge.")
+    methods.add_argument("--json", action="store_true", help="print JSON")
+    methods.set_defaults(func=_cmd_methods)
+    return parser
+
+
+# ------------------------------------------------------------------------------- commands
+def _explicit_train_values(argv: Sequence[str]) -> dict:
+    """Only the train flags actually typed on the command line."""
+    parser = build_parser(suppress=True)
+    namespace = parser.parse_args(list(argv))
+    values = {k: v for k, v in vars(namespace).items() if k not in ("command", "func")}
+    return values
+
+
+def _config_from_args(argv: Sequence[str]) -> RunConfig:
+    explicit = _explicit_train_values(argv)
+    config_file = explicit.pop("config", None)
+    preset = explicit.pop("preset", None)
+    options = {}
+    for item in explicit.pop("opt", []) or []:
+        options.update(parse_key_values(item, "--opt"))
+    flags = {k: v for k, v in explicit.items() if v is not None or k not in METHOD_SHORTCUTS}
+    if options:
+        flags["opt"] = options
+
+    config = RunConfig()
+    out, resume = flags.get("out"), flags.get("resume", False)
+    if resume and out is not None:
+        checkpoint = Path(out) / "checkpoint.pt"
+        if checkpoint.is_file():
+            from .engine.checkpoint import load_checkpoint
+
+            config = RunConfig.from_dict(load_checkpoint(checkpoint)["config"], str(checkpoint))
+    if preset is not None:
+        config = apply_mapping(config, {"preset": preset})
+    if config_file is not None:
+        values, lines = load_yaml(config_file)
+        config = apply_mapping(config, values, str(config_file), lines)
+    return apply_mapping(config, flags)
+
+
+def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .engine import train
+
+    config = _config_from_args(argv)
+    record = train(config)
+    p = record["protocols"]
+    paper, final = p["paper"], p["final"]
+    where = f"; record: {Path(config.out) / 'run.json'}" if config.out else ""
+    print(f"{record['data']['task']} {record['method']['name']}: paper {paper['accuracy']:.2f} (epoch {paper['epoch'] + 1}), "
+          f"final {final['accuracy']:.2f} (epoch {final['epoch'] + 1}), adapter {record['adapter_bytes']['with_classifier']:,} "
+          f"bytes{where}")
+    return 0
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+
+
+def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import torch
+
+    from . import load_adapter, read_adapter_config
+    from .data import DataError, load_task
+    from .engine.build import build_backbone, new_classifier, resolve_amp, resolve_device
+    from .engine.loop import BACKBONE_NAME, evaluate
+
+    adapter = Path(args.adapter)
+    if not (adapter / "adapter_config.json").is_file() and (adapter / "adapter" / "adapter_config.json").is_file():
+        adapter = adapter / "adapter"
+    adapter_config = read_adapter_config(adapter)
+    backbone = _read_json(adapter / BACKBONE_NAME) or {}
+    run = _read_json(adapter.parent / "run.json")
+    given = vars(args)
+    # data settings default to the run's own (run.json beside the adapter) unless --data is given
+    run_data = (run.get("config") or {}).get("data", {}) if isinstance(run, dict) and "data" not in given else {}
+
+    def pick(key: str, stored: Any, fallback: Any = None) -> Any:
+        return given[key] if key in given else (stored if stored is not None else fallback)
+
+    name = pick("model", backbone.get("model"))
+    if name is None:
+        raise ConfigError(f"option '--model': required, {adapter / BACKBONE_NAME} is missing (give the backbone's timm name)")
+    kwargs = dict(backbone.get("kwargs") or {})
+    if "model_kwargs" in given:
+        kwargs.update(parse_model_kwargs(given["model_kwargs"], "--model-kwargs"))
+    weights = pick("weights", backbone.get("weights"))
+    model_cfg = ModelConfig(name=name, weights=weights, weights_sha256=given.get("weights_sha256"), kwargs=kwargs, drop_path=0.0)
+    data = {k: pick(k, run_data.get(field), default) for k, field, default in (
+        ("data_kind", "kind", "vtab"), ("data", "root", None), ("task", "task", None), ("split", "split", "final"),
+        ("shots", "shots", None), ("fewshot_seed", "fewshot_seed", None), ("num_classes", "num_classes", None),
+        ("image_size", "image_size", backbone.get("img_size") or 224), ("normalize", "normalize", backbone.get("normalize") or "none"),
+        ("workers", "workers", 0), ("check_images", "check_images", False))}
+    if "check_images" not in given:
+        data["check_images"] = False
+    if data["data"] is None:
+        raise ConfigError("option '--data': required (the data root; no run.json beside the adapter to take it from)")
+    seed = pick("seed", backbone.get("seed"), 42)
+    device = resolve_device(args.device)
+    use_amp = resolve_amp(args.amp, device)
+
+    if backbone.get("weights_sha256") and weights and Path(weights).is_file():
+        from .models import sha256_file
+
+        if sha256_file(weights) != backbone["weights_sha256"]:
+            warnings.warn(f"{weights}: sha256 differs from the weights the adapter was trained on "
+                          f"({backbone['weights_sha256']}); accuracy will not match the run", stacklevel=1)
+
+    task = load_task(data["data_kind"], data["data"], data["task"], split=data["split"], shots=data["shots"],
+                     seed=data["fewshot_seed"], image_size=data["image_size"], normalize=data["normalize"],
+                     num_classes=data["num_classes"], check_images=data["check_images"])
+    classes = adapter_config.get("num_classes")
+    if classes is not None and classes != task.num_classes:
+        raise DataError(f"{adapter / 'adapter_config.json'}: the adapter's classifier has {classes} classes, but "
+                        f"{data['data_kind']} task '{task.name}' has {task.num_classes}")
+    model = build_backbone(model_cfg, data["image_size"], seed)
+    new_classifier(model, classes if classes is not None else task.num_classes)
+    load_adapter(model, adapter)
+    model.to(device)
+    show = not args.quiet and not args.json and sys.stderr.isatty()
+    with torch.no_grad():
+        accuracy = evaluate(model, task.eval, args.batch_size, device=device, workers=data["workers"], amp=use_amp,
+                            progress=show)
+    result = {"accuracy": accuracy, "eval_images": len(task.eval), "task": task.name, "split": data["split"],
+              "eval_split": task.manifest.get("eval_split"), "manifest_hash": task.manifest_hash,
+              "adapter": str(adapter), "method": adapter_config.get("method"), "model": name}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{task.name} ({result['eval_split']}, {len(task.eval)} images): accuracy {accuracy:.2f}%  "
+              f"[{adapter_config.get('method')} adapter {adapter}]")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .data import format_verify_report, verify
+
+    report = verify(args.kind, args.root, args.task, shots=args.shots, seed=args.fewshot_seed,
+                    check_images=args.check_images)
+    print(json.dumps(report, indent=2) if args.json else format_verify_report(report))
+    return 0 if report["ok"] else EXIT_FAILURE
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _cmd_methods(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from . import methods
+
+    table = methods()
+    if args.json:
+        print(json.dumps(table, indent=2, default=list))
+        return 0
+    width = max(len(name) for name in table) if table else 6
+    for name, info in table.items():
+        merge = "mergeable" if info.get("mergeable") else "not mergeable"
+        print(f"{name:<{width}}  {info.get('summary', '')} ({merge})")
+        options = info.get("options") or {}
+        if options:
+            print(f"{'':<{width}}  options: " + "  ".join(f"{k}={_format_value(v)}" for k, v in options.items()))
+        if info.get("paper"):
+            print(f"{'':<{width}}  paper: {info['paper']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- main
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors exit with code 2 here
+    from .data import DataError
+    from .models import WeightsError
+
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.func(args, argv) or 0)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DataError, WeightsError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (a run continues with `heartlora train --out DIR --resume`)", file=sys.stderr)
+        return 130
+    finally:
+        warnings.showwarning = previous
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

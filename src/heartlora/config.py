@@ -1,0 +1,363 @@
+"""Composable run configuration: model × method × data × schedule (+ run settings).
+
+Each part is a dataclass with the DESIGN §4 recipe as its defaults, so ``RunConfig()`` *is* the
+``paper`` preset (ViT-B/16, Heart-LoRA, VTAB-1K final protocol, AdamW 1e-3 / 1e-4, batch 64
+drop_last, 100 epochs, cosine with 10 warm-up epochs from 1e-6 to a floor of 1e-5 stepped per
+epoch, drop-path 0.1, seed 42). Parts are swapped independently::
+
+    from heartlora.config import RunConfig, DataConfig
+    cfg = RunConfig(data=DataConfig(kind="vtab", root="/data/vtab-1k", task="cifar"), out="runs/cifar")
+    cfg = cfg.replace(schedule={"epochs": 10}, method={"name": "lora"})
+
+The same settings load from flat ``key: value`` mappings whose keys are the CLI's long option
+names (``lr``, ``warmup-epochs``, ``data-kind``, ``opt``, …; see :data:`FLAT_KEYS`) or from
+nested sections (``model:``, ``method:``, ``data:``, ``schedule:``) as written in ``run.json``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = [
+    "ConfigError", "DataConfig", "FLAT_KEYS", "METHOD_SHORTCUTS", "MethodConfig", "ModelConfig", "PRESETS",
+    "RunConfig", "ScheduleConfig", "load_yaml",
+]
+
+
+class ConfigError(ValueError):
+    """A setting the user gave is unknown or invalid (CLI flag, YAML key, method option)."""
+
+
+@dataclass
+class ModelConfig:
+    """The backbone: any timm name, local weights, extra ``timm.create_model`` kwargs."""
+
+    name: str = "vit_base_patch16_224"
+    weights: Optional[str] = None  # local .npz / .pth / .bin / .safetensors; None = random init
+    weights_sha256: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)  # e.g. {"patch_size": 8, "depth": 2}
+    img_size: Optional[int] = None  # None: the data's image size
+    drop_path: float = 0.1
+    classifier_init: str = "torch"  # torch: nn.Linear default (Bi-LoRA lineage) | trunc_normal: std .02, zero bias (NOAH)
+
+
+@dataclass
+class MethodConfig:
+    """A registered method (``heartlora.methods()``) and its options."""
+
+    name: str = "heart-lora"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """A task of ``heartlora.data`` and how it is read."""
+
+    kind: str = "vtab"  # vtab | fewshot | folder
+    root: Optional[str] = None
+    task: Optional[str] = None
+    split: str = "final"  # final: train800val200 → test; tune: train800 → val200
+    shots: Optional[int] = None
+    fewshot_seed: Optional[int] = None
+    num_classes: Optional[int] = None  # checked against the task's class count
+    image_size: int = 224
+    normalize: str = "none"  # none | imagenet | inception
+    augment: bool = False
+    check_images: bool = True  # decode every image before training starts
+    workers: int = 4
+
+
+@dataclass
+class ScheduleConfig:
+    """Optimiser and learning-rate schedule (timm CosineLRScheduler stepped after each epoch)."""
+
+    epochs: int = 100
+    warmup_epochs: int = 10
+    lr: float = 1e-3
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    drop_last: bool = True
+    eval_every: int = 10  # evaluate after epochs e with (e+1) % eval_every == 0, and the last; 0: last only
+    eval_batch_size: Optional[int] = None  # None: batch_size
+    ablation_batches: int = 4  # training batches scored by score='ablation'
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    seed: int = 42
+    device: str = "auto"  # auto: cuda if available, else cpu
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | none
+    out: Optional[str] = None
+    resume: bool = False
+    quiet: bool = False
+
+    # ----------------------------------------------------------------------------- helpers
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "") -> "RunConfig":
+        """Build from nested and/or flat keys (see :func:`apply_mapping`)."""
+        return apply_mapping(cls(), values, source)
+
+    def replace(self, **parts: Any) -> "RunConfig":
+        """Copy with parts replaced: a dataclass, or a dict of fields to update."""
+        new = copy.deepcopy(self)
+        for name, value in parts.items():
+            if name not in SECTIONS and name not in _RUN_FIELDS:
+                raise ConfigError(f"unknown config part '{name}'")
+            if name in SECTIONS and isinstance(value, dict):
+                section = getattr(new, name)
+                for key, item in value.items():
+                    _set_field(section, key, item, f"{name}.{key}")
+            else:
+                setattr(new, name, copy.deepcopy(value))
+        return new
+
+    def validate(self) -> "RunConfig":
+        """Check values that need no data or backbone; raise ConfigError naming the option."""
+        s, d, m = self.schedule, self.data, self.model
+
+        def need(ok: bool, option: str, value: Any, expected: str) -> None:
+            if not ok:
+                raise ConfigError(f"option '{option}': got {value!r}; expected {expected}")
+
+        def positive_int(option: str, value: Any, minimum: int = 1) -> None:
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, option, value,
+                 f"an integer >= {minimum}")
+
+        positive_int("epochs", s.epochs)
+        positive_int("warmup_epochs", s.warmup_epochs, 0)
+        positive_int("batch_size", s.batch_size)
+        positive_int("eval_every", s.eval_every, 0)
+        positive_int("ablation_batches", s.ablation_batches)
+        if s.eval_batch_size is not None:
+            positive_int("eval_batch_size", s.eval_batch_size)
+        for option in ("lr", "warmup_lr", "min_lr"):
+            value = getattr(s, option)
+            need(isinstance(value, (int, float)) and value >= 0, option, value, "a number >= 0")
+        need(s.lr > 0, "lr", s.lr, "a positive learning rate")
+        need(isinstance(s.weight_decay, (int, float)) and s.weight_decay >= 0, "weight_decay", s.weight_decay, "a number >= 0")
+        positive_int("seed", self.seed, 0)
+        positive_int("workers", d.workers, 0)
+        positive_int("image_size", d.image_size)
+        need(d.kind in ("vtab", "fewshot", "folder"), "data_kind", d.kind, "one of vtab, fewshot, folder")
+        need(d.root is not None and str(d.root) != "", "data", d.root, "the data root folder (--data ROOT)")
+        need(self.amp in ("auto", "bf16", "none"), "amp", self.amp, "one of auto, bf16, none")
+        need(isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"),
+             "device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        need(0.0 <= m.drop_path < 1.0, "drop_path", m.drop_path, "0 <= drop_path < 1")
+        need(m.classifier_init in ("torch", "trunc_normal"), "classifier_init", m.classifier_init, "torch or trunc_normal")
+        need(isinstance(m.kwargs, dict), "model_kwargs", m.kwargs, "a mapping of timm.create_model keyword arguments")
+        need(isinstance(self.method.options, dict), "opt", self.method.options, "a mapping of method options")
+        if self.resume and not self.out:
+            raise ConfigError("option 'resume' needs option 'out' (the run directory to continue)")
+        return self
+
+
+SECTIONS = {"model": ModelConfig, "method": MethodConfig, "data": DataConfig, "schedule": ScheduleConfig}
+_RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig) if f.name not in SECTIONS}
+
+#: Flat keys (CLI long option names with '_' for '-') → (section or None for run level, field).
+FLAT_KEYS: dict[str, tuple[str | None, str]] = {
+    "model": ("model", "name"), "weights": ("model", "weights"), "weights_sha256": ("model", "weights_sha256"),
+    "model_kwargs": ("model", "kwargs"), "img_size": ("model", "img_size"), "drop_path": ("model", "drop_path"),
+    "classifier_init": ("model", "classifier_init"),
+    "method": ("method", "name"), "opt": ("method", "options"),
+    "data_kind": ("data", "kind"), "data": ("data", "root"), "task": ("data", "task"), "split": ("data", "split"),
+    "shots": ("data", "shots"), "fewshot_seed": ("data", "fewshot_seed"), "num_classes": ("data", "num_classes"),
+    "image_size": ("data", "image_size"), "normalize": ("data", "normalize"), "augment": ("data", "augment"),
+    "check_images": ("data", "check_images"), "workers": ("data", "workers"),
+    **{f.name: ("schedule", f.name) for f in dataclasses.fields(ScheduleConfig)},
+    **{name: (None, name) for name in _RUN_FIELDS},
+}
+#: Shortcut keys that set a method option (``--ne 3`` ≡ ``--opt ne=3``).
+METHOD_SHORTCUTS = ("rank", "scale", "ne", "bits")
+
+#: Named presets. ``paper`` is the DESIGN §4 recipe (also the dataclass defaults).
+PRESETS: dict[str, dict] = {
+    "paper": {
+        "model": {"drop_path": 0.1, "classifier_init": "torch"},
+        "data": {"image_size": 224, "normalize": "none", "augment": False},
+        "schedule": {"epochs": 100, "warmup_epochs": 10, "lr": 1e-3, "warmup_lr": 1e-6, "min_lr": 1e-5,
+                     "weight_decay": 1e-4, "batch_size": 64, "drop_last": True, "eval_every": 10},
+        "seed": 42,
+    },
+}
+
+
+def _coerce(value: Any, hint: Any, option: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin is typing.Union:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        hint = args[0]
+    if value is None:
+        raise ConfigError(f"option '{option}': a value is required")
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if hint is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        name = getattr(hint, "__name__", str(hint))
+        raise ConfigError(f"option '{option}': expected {'a mapping' if hint is dict else name}, got {value!r}") from None
+    return value
+
+
+def _set_field(section: Any, key: str, value: Any, option: str) -> None:
+    key = key.replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if key not in fields:
+        raise ConfigError(f"unknown key '{option}'; valid keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(type(section))
+    setattr(section, key, _coerce(value, hints[key], option))
+
+
+def apply_mapping(config: RunConfig, values: dict, source: str = "", lines: dict | None = None) -> RunConfig:
+    """Return a copy of ``config`` updated from ``values``: flat CLI-named keys, method shortcuts
+    (rank, scale, ne, bits), ``preset``, or nested sections (a dict under model/method/data/
+    schedule). ``source`` and ``lines`` (key → line number) make error messages point at the file."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source or 'config'}: expected a mapping of option names to values, got {type(values).__name__}")
+    config = copy.deepcopy(config)
+
+    def where(key: str) -> str:
+        line = (lines or {}).get(key)
+        return f"{source}:{line}" if line else source
+
+    if "preset" in values:
+        name = values["preset"]
+        if name not in PRESETS:
+            raise ConfigError(f"{where('preset')}: unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+        config = apply_mapping(config, PRESETS[name], f"preset '{name}'")
+    for raw_key, value in values.items():
+        if raw_key == "preset":
+            continue
+        key = str(raw_key).replace("-", "_")
+        try:
+            if key in SECTIONS and isinstance(value, dict):
+                section = getattr(config, key)
+                for sub, item in value.items():
+                    sub_key = str(sub).replace("-", "_")
+                    if key == "method" and sub_key == "options":
+                        config.method.options.update(_options_mapping(item, f"{key}.{sub}"))
+                    else:
+                        _set_field(section, sub_key, item, f"{key}.{sub}")
+            elif key in METHOD_SHORTCUTS:
+                if value is not None:
+                    config.method.options[key] = value
+            elif key == "opt":
+                config.method.options.update(_options_mapping(value, "opt"))
+            elif key == "model_kwargs":
+                config.model.kwargs.update(parse_model_kwargs(value, "model_kwargs"))
+            elif key in FLAT_KEYS:
+                section, field_name = FLAT_KEYS[key]
+                target = config if section is None else getattr(config, section)
+                _set_field(target, field_name, value, raw_key)
+            else:
+                valid = sorted(set(FLAT_KEYS) | set(METHOD_SHORTCUTS) | {"preset"})
+                close = difflib.get_close_matches(key, valid, n=3)
+                hint = f"; did you mean: {', '.join(close)}" if close else f"; valid keys: {', '.join(valid)}"
+                raise ConfigError(f"unknown key '{raw_key}'{hint}")
+        except ConfigError as err:
+            raise ConfigError(f"{where(raw_key)}: {err}" if source else str(err)) from None
+    return config
+
+
+def parse_key_values(items: Any, option: str) -> dict:
+    """``["ne=3", "bits=1"]`` (or a mapping) → ``{"ne": "3", "bits": "1"}``."""
+    if items is None:
+        return {}
+    if isinstance(items, dict):
+        return {str(k).replace("-", "_"): v for k, v in items.items()}
+    if isinstance(items, str):
+        items = [items]
+    out = {}
+    for item in items:
+        if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"option '{option}': expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def _options_mapping(value: Any, option: str) -> dict:
+    return parse_key_values(value, option)
+
+
+def parse_model_kwargs(value: Any, option: str) -> dict:
+    """timm kwargs: strings are parsed as YAML scalars/lists (``depth=2``, ``num_heads=4``, ``mlp_ratio=4.0``)."""
+    import yaml
+
+    parsed = {}
+    for key, item in parse_key_values(value, option).items():
+        if isinstance(item, str):
+            try:
+                item = yaml.safe_load(item) if item else item
+            except yaml.YAMLError:
+                pass
+        parsed[key] = item
+    return parsed
+
+
+def load_yaml(path: str | Path) -> tuple[dict, dict]:
+    """Read a YAML (or run.json) config: returns (mapping, key → line number).
+
+    A run record (``run.json``, a mapping with a ``config`` section) yields its ``config``."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found (option '--config')")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if values is None:
+        return {}, {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values at the top level")
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            lines[key_node.value] = key_node.start_mark.line + 1
+    if "config" in values and isinstance(values["config"], dict) and "format_version" in values:
+        return values["config"], {}
+    return values, lines

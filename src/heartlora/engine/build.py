@@ -1,0 +1,170 @@
+"""Construction of a run's pieces, in the order that makes seeds bit-exact.
+
+Order (DESIGN §4): **model → data → adapters → classifier**. The global RNG is seeded with the
+run seed, then
+
+1. the backbone is built *headless* (``num_classes=0``) and its local weights are loaded;
+2. the task's datasets are loaded (no random numbers are drawn);
+3. the method is applied through the registry (``heartlora.apply``), which draws the adapter
+   initialisation (e.g. LoRA's Kaiming-uniform A);
+4. the new classifier is created last with ``model.reset_classifier(num_classes)``: PyTorch's
+   default ``nn.Linear`` init (Bi-LoRA lineage), or trunc-normal(0.02) with zero bias (NOAH).
+
+Because the classifier is created after the method is applied, its parameters are trainable
+like every method's classifier; ``get_state(model).num_classes`` is set to the task's count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import apply, get_state
+from ..config import ConfigError, MethodConfig, ModelConfig, RunConfig
+from ..methods.base import get_method
+from ..models import create_backbone
+from .seeding import seed_all
+
+__all__ = ["Built", "build", "build_backbone", "check_method", "new_classifier", "probe_method", "resolve_amp",
+           "resolve_device"]
+
+
+@dataclass
+class Built:
+    model: nn.Module
+    task: Any  # heartlora.data.TaskData
+    device: torch.device
+    num_classes: int
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"option 'device': got {spec!r} but CUDA is not available here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"option 'device': got {spec!r} but MPS is not available here; use --device cpu")
+    return device
+
+
+def resolve_amp(spec: str, device: torch.device) -> bool:
+    """bf16 autocast on CUDA by default, fp32 elsewhere."""
+    if spec == "auto":
+        return device.type == "cuda"
+    if spec == "bf16" and device.type != "cuda":
+        raise ConfigError(f"option 'amp': bf16 autocast is for CUDA devices; this run is on {device.type} (use --amp none)")
+    return spec == "bf16"
+
+
+def check_method(method: MethodConfig) -> None:
+    """Unknown method or option, or a value of the wrong type → ConfigError (before any work)."""
+    try:
+        get_method(method.name).make_config(dict(method.options))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _img_size(model: ModelConfig, image_size: int) -> tuple[int, dict]:
+    kwargs = dict(model.kwargs)
+    given = kwargs.pop("img_size", None) or model.img_size
+    if given is not None and given != image_size:
+        raise ConfigError(f"option 'img_size': the model takes {given}x{given} images but the data are resized to "
+                          f"{image_size}x{image_size} (option 'image_size'); make them equal")
+    return image_size, kwargs
+
+
+def probe_method(config: RunConfig) -> None:
+    """Apply the method to a weightless copy of the backbone (on the meta device) to catch option
+    errors that depend on the backbone (e.g. ``ne`` >= heads) before data are read."""
+    import timm
+
+    img_size, kwargs = _img_size(config.model, config.data.image_size)
+    try:
+        with warnings.catch_warnings(), torch.device("meta"), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore")
+            probe = timm.create_model(config.model.name, pretrained=False, num_classes=0, img_size=img_size,
+                                      drop_path_rate=config.model.drop_path, **kwargs)
+    except Exception:  # the real build reports backbone problems with its own messages
+        return
+    try:
+        with torch.random.fork_rng(devices=[]):
+            apply(probe, config.method.name, **config.method.options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except Exception:
+        return
+
+
+def build_backbone(model: ModelConfig, image_size: int, seed: int) -> nn.Module:
+    """Seed, then build the headless backbone with its weights (step 1)."""
+    img_size, kwargs = _img_size(model, image_size)
+    seed_all(seed)
+    return create_backbone(model.name, weights=model.weights, weights_sha256=model.weights_sha256, num_classes=0,
+                           img_size=img_size, drop_path_rate=model.drop_path, **kwargs)
+
+
+@torch.no_grad()
+def new_classifier(model: nn.Module, num_classes: int, init: str = "torch") -> None:
+    """Replace the classifier by a new one with ``num_classes`` outputs (trainable)."""
+    if not hasattr(model, "reset_classifier"):
+        raise ValueError(f"{type(model).__name__} has no reset_classifier(); heartlora needs a timm classifier model")
+    model.reset_classifier(num_classes)
+    head = model.get_classifier()
+    if init == "trunc_normal":
+        for module in head.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+    for param in head.parameters():
+        param.requires_grad_(True)
+    state = getattr(model, "heartlora_state", None)
+    if state is not None:
+        state.num_classes = num_classes
+
+
+def build(config: RunConfig, device: torch.device) -> Built:
+    """Steps 1-4 of the module docstring; returns the model on ``device`` and the task data."""
+    from ..data import load_task
+
+    m, d = config.model, config.data
+    model = build_backbone(m, d.image_size, config.seed)
+    task = load_task(d.kind, d.root, d.task, split=d.split, shots=d.shots, seed=d.fewshot_seed,
+                     image_size=d.image_size, normalize=d.normalize, augment=d.augment, num_classes=d.num_classes,
+                     check_images=d.check_images)
+    try:
+        apply(model, config.method.name, **config.method.options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    new_classifier(model, task.num_classes, m.classifier_init)
+    model.to(device)
+    return Built(model, task, device, task.num_classes)
+
+
+def method_summary(model: nn.Module) -> dict:
+    state = get_state(model)
+    return {"name": state.method, "options": dict(state.options), "architecture": state.architecture}
+
+
+def config_diff(saved: dict, current: dict, ignore: set[str], prefix: str = "") -> list[str]:
+    """Differences between two config dicts (dotted keys), skipping ``ignore``."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        dotted = f"{prefix}{key}"
+        if dotted in ignore:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and dotted.count(".") < 1:
+            out += config_diff(a, b, ignore, dotted + ".")
+        elif a != b:
+            out.append(f"{dotted}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+def asdict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
