@@ -99,3 +99,34 @@ def plot_lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_accuracy_bars(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Two aligned bar charts per method: test accuracy (%) and adapter bytes (classifier
+    excluded). ``rows``: dicts with ``method``, ``paper`` (accuracy %) and ``adapter_bytes``."""
+    path = Path(path)
+    methods = [r["method"] for r in rows]
+    x = np.arange(len(rows))
+    fig, (ax_acc, ax_bytes) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    bars = ax_acc.bar(x, [r["paper"] for r in rows], color="tab:blue")
+    ax_acc.bar_label(bars, fmt="%.1f", fontsize=8)
+    low = min(r["paper"] for r in rows)
+    ax_acc.set_ylim(max(0.0, low - 10.0), 100.0)
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.set_title("accuracy")
+    kib = [r["adapter_bytes"] / 1024 for r in rows]
+    bars = ax_bytes.bar(x, kib, color="tab:orange")
+    ax_bytes.bar_label(bars, labels=[f"{v:,.1f}" for v in kib], fontsize=8)
+    ax_bytes.set_ylabel("adapter size (KiB, classifier excluded)")
+    ax_bytes.set_title("stored adapter")
+    for ax in (ax_acc, ax_bytes):
+        ax.set_xticks(x)
+        ax.set_xticklabels(methods, rotation=20, ha="right")
+        ax.set_xlabel("method")
+        ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
