@@ -1,4 +1,5 @@
-"""The ``heartlora`` command line: ``train``, ``eval``, ``data verify``, ``methods``.
+"""The ``heartlora`` command line: ``train``, ``eval``, ``data verify``, ``methods``, ``bench``,
+``report``, ``analyze``, ``demo``.
 
 Settings come from (lowest to highest precedence) the ``paper`` recipe defaults, ``--preset``,
 ``--config FILE.yaml`` (keys = the long option names, or nested model/method/data/schedule
@@ -205,11 +206,116 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=_cmd_verify)
 
+    _bench_parsers(sub, suppress)
+
     methods = sub.add_parser("methods", formatter_class=_Formatter, help="list registered methods and their options",
                              description="Registered methods, their options with defaults, and whether they merge.")
     methods.add_argument("--json", action="store_true", help="print JSON")
     methods.set_defaults(func=_cmd_methods)
     return parser
+
+
+BENCH_KEYS = ("tasks", "methods", "seeds", "grid", "tune", "retries", "shots_list", "fewshot_seeds", "presets",
+              "no_presets", "parallel")
+ANALYZE_KEYS = BENCH_KEYS + ("runs", "images", "heads", "ne_values", "no_correlate", "score_batches", "protocol")
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _sweep_args(parser, suppress: bool, kind: str | None = None) -> None:
+    g = parser.add_argument_group("sweep")
+    g.add_argument("--tasks", type=_csv_list, default=None,
+                   help="comma list of tasks (default: all 19 VTAB-1K tasks / the 5 few-shot datasets / every "
+                        "sub-folder of --data for folder)")
+    g.add_argument("--methods", type=_csv_list, default=["heart-lora"], help="comma list of registered methods")
+    g.add_argument("--seeds", type=_int_list, default=[42], help="comma list of run seeds")
+    g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="method option grid, repeatable (e.g. --grid scale=0.01,0.1,1,10 --grid ne=2,3)")
+    g.add_argument("--tune", type=_csv_list, default=None, metavar="KEYS",
+                   help="tune these grid options on train800→val200, retrain the best on train800val200 and test "
+                        "(the clean protocol); scale defaults to the grid 0.01,0.1,1,10")
+    g.add_argument("--presets", default=None, metavar="YAML",
+                   help="per-task method options (default: the shipped Bi-LoRA-lineage scales for vtab)")
+    g.add_argument("--no-presets", action="store_true", help="use no per-task presets")
+    g.add_argument("--retries", type=_nonneg_int, default=1, help="retries of a crashed cell")
+    g.add_argument("--parallel", type=_positive_int, default=1,
+                   help="cells run in parallel, one process each (on CUDA: one per visible GPU)")
+    if kind in (None, "fewshot"):
+        g.add_argument("--shots-list", type=_int_list, default=[1, 2, 4, 8, 16], help="few-shot K values")
+        g.add_argument("--fewshot-seeds", type=_int_list, default=[0, 1, 2], help="few-shot list seeds")
+
+
+def _bench_parsers(sub, suppress: bool) -> None:
+    bench = sub.add_parser("bench", formatter_class=_Formatter, help="run a benchmark grid (resumable)",
+                           description="Tasks x methods x seeds (x option grid) through the engine, one run "
+                                       "record per cell under --out. Finished cells are skipped on rerun; crashed "
+                                       "cells are reported and retried. All train options set the shared recipe.")
+    bench.add_argument("kind", choices=("vtab", "fewshot", "folder"), help="benchmark layout")
+    _train_parser(bench, suppress)
+    _sweep_args(bench, suppress)
+    bench.set_defaults(func=_cmd_bench)
+
+    report = sub.add_parser("report", formatter_class=_Formatter, help="tables and plots from run records",
+                            description="Markdown, CSV and LaTeX tables and PNG plots from the run records under RUNS.")
+    report.add_argument("runs", metavar="RUNS", help="folder holding run records (searched recursively)")
+    report.add_argument("--protocol", choices=("paper", "clean"), default="paper",
+                        help="paper: best test accuracy over evaluations; clean: final-epoch test accuracy")
+    report.add_argument("--out", default=None, metavar="DIR", help="default: RUNS/report")
+    report.set_defaults(func=_cmd_report)
+
+    analyze = sub.add_parser("analyze", formatter_class=_Formatter, help="the paper's analyses (PNG + CSV)",
+                             description="Responsiveness maps, arbitrary vs selected deactivation, ne sweeps, "
+                                         "attention maps.")
+    asub = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    resp = asub.add_parser("responsiveness", formatter_class=_Formatter, help="layer x head heatmaps of runs",
+                           description="Heatmaps of head scores of finished heart-lora runs side by side "
+                                       "(switched-off heads crossed) and the rank correlation of the cheap scores "
+                                       "with exact ablation scores.")
+    resp.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders")
+    resp.add_argument("--out", required=True, metavar="DIR")
+    resp.add_argument("--no-correlate", action="store_true", help="skip the score/ablation rank correlation")
+    resp.add_argument("--score-batches", type=_positive_int, default=2, help="training batches for the correlation")
+    resp.set_defaults(func=_cmd_analyze)
+    for name, text in (("deactivate", "first ne heads off vs the ne least responsive off, as ratios to ne=0"),
+                       ("ne-sweep", "accuracy vs ne per task")):
+        p = asub.add_parser(name, formatter_class=_Formatter, help=text,
+                            description=f"{text}. Runs go through the engine (resumable) under OUT/runs; train "
+                                        "options set the recipe.")
+        _train_parser(p, suppress)
+        p.add_argument("--tasks", type=_csv_list, required=True, help="comma list of tasks under --data")
+        p.add_argument("--ne-values", type=_int_list, default=[1, 3, 6], help="ne values")
+        p.add_argument("--protocol", choices=("paper", "clean"), default="paper", help="which accuracy to compare")
+        p.add_argument("--parallel", type=_positive_int, default=1, help="runs in parallel")
+        p.set_defaults(func=_cmd_analyze)
+    att = asub.add_parser("attention", formatter_class=_Formatter, help="attention maps of chosen heads",
+                          description="Class-token attention of chosen heads for given images, one column block "
+                                      "per run (e.g. a heart-lora run and a bilora run).")
+    att.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="finished run folders")
+    att.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files")
+    att.add_argument("--heads", type=_csv_list, required=True, metavar="L:H,...", help="layer:head pairs")
+    att.add_argument("--out", required=True, metavar="DIR")
+    att.set_defaults(func=_cmd_analyze)
+
+    demo = sub.add_parser("demo", formatter_class=_Formatter, help="the offline demo (shipped backbone, digits)",
+                          description="Transfer the shipped Fashion-MNIST ViT to scikit-learn's digits with "
+                                      "linear probe, LoRA, Heart-LoRA and Heart-LoRA†; prints a table and writes "
+                                      "run records, adapters and two PNGs.")
+    demo.add_argument("--epochs", type=_positive_int, default=10, help="epochs per method")
+    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder")
+    demo.add_argument("--methods", type=_csv_list, default=None, help="comma list (default: linear,lora,heart-lora,"
+                                                                      "heart-lora-layer)")
+    demo.add_argument("--seed", type=_nonneg_int, default=42, help="run seed")
+    demo.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    demo.set_defaults(func=_cmd_demo)
 
 
 # ------------------------------------------------------------------------------- commands
@@ -221,8 +327,12 @@ def _explicit_train_values(argv: Sequence[str]) -> dict:
     return values
 
 
-def _config_from_args(argv: Sequence[str]) -> RunConfig:
+def _config_from_args(argv: Sequence[str], extra: Sequence[str] = ()) -> RunConfig:
+    """RunConfig from the train options typed in ``argv``; ``extra`` names the command's own
+    options (bench, analyze), which are not run settings."""
     explicit = _explicit_train_values(argv)
+    for key in list(extra) + ["kind", "analysis"]:
+        explicit.pop(key, None)
     config_file = explicit.pop("config", None)
     preset = explicit.pop("preset", None)
     options = {}
@@ -359,6 +469,108 @@ def _format_value(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return ",".join(map(str, value))
     return str(value)
+
+
+DEFAULT_TUNE_GRID = {"scale": [0.01, 0.1, 1, 10]}
+
+
+def _default_tasks(kind: str, root: str | None) -> list[str]:
+    from .data import FEWSHOT_DATASETS, VTAB_TASKS
+
+    if kind == "vtab":
+        return list(VTAB_TASKS)
+    if kind == "fewshot":
+        return list(FEWSHOT_DATASETS)
+    if root is None or not Path(root).is_dir():
+        raise ConfigError("option '--tasks': give the task folders, or --data ROOT holding them")
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and (p / "train").is_dir())
+
+
+def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .bench.sweep import load_presets, parse_grid, plan, run_cells, tune_then_final
+
+    base = _config_from_args(argv, BENCH_KEYS)
+    if not base.out:
+        raise ConfigError("option '--out': required (the sweep folder)")
+    out_root, base = Path(base.out), base.replace(out=None, data={"kind": args.kind})
+    base.validate()
+    tasks = args.tasks or _default_tasks(args.kind, base.data.root)
+    grid = parse_grid(args.grid)
+    presets = {} if args.no_presets else (load_presets(args.presets) if args.presets or args.kind == "vtab" else {})
+    shots = args.shots_list if args.kind == "fewshot" else [None]
+    list_seeds = args.fewshot_seeds if args.kind == "fewshot" else [None]
+    options = {m: dict(base.method.options) for m in args.methods} if base.method.options else None
+    if options:  # --opt applies to every method that has the option
+        from .bench.sweep import method_accepts
+
+        options = {m: {k: v for k, v in o.items() if method_accepts(m, k)} for m, o in options.items()}
+    if args.tune:
+        for key in args.tune:
+            if key not in grid:
+                if key not in DEFAULT_TUNE_GRID:
+                    raise ConfigError(f"option '--tune': no grid for {key!r}; give --grid {key}=V1,V2,...")
+                grid[key] = DEFAULT_TUNE_GRID[key]
+        cells = plan(args.kind, tasks, args.methods, args.seeds, grid, presets, options, shots, list_seeds, "tune")
+        result = tune_then_final(base, out_root, cells, args.parallel, args.retries, _devices(base, args.parallel))
+    else:
+        cells = plan(args.kind, tasks, args.methods, args.seeds, grid, presets, options, shots, list_seeds)
+        result = run_cells(cells, base, out_root, args.parallel, args.retries, _devices(base, args.parallel))
+    print(result.summary())
+    print(f"tables: heartlora report {out_root}")
+    return 0 if result.ok else EXIT_FAILURE
+
+
+def _devices(base: RunConfig, parallel: int) -> list[str]:
+    import torch
+
+    if base.device in ("auto", "cuda") and torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [base.device if base.device != "auto" else "cpu"]
+
+
+def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .bench.report import write_report
+
+    written = write_report(args.runs, args.out, args.protocol)
+    print(Path(written["markdown"]).read_text())
+    for name, path in written.items():
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .bench import analyze
+
+    if args.analysis == "responsiveness":
+        written = analyze.responsiveness(args.runs, args.out, correlate=not args.no_correlate,
+                                         batches=args.score_batches)
+    elif args.analysis == "attention":
+        heads = []
+        for item in args.heads:
+            try:
+                layer, head = item.split(":")
+                heads.append((int(layer), int(head)))
+            except ValueError:
+                raise ConfigError(f"option '--heads': expected LAYER:HEAD pairs, got {item!r}") from None
+        written = analyze.attention(args.runs, args.images, heads, args.out)
+    else:
+        base = _config_from_args(argv, ANALYZE_KEYS)
+        if not base.out:
+            raise ConfigError("option '--out': required")
+        out, base = Path(base.out), base.replace(out=None)
+        base.validate()
+        run = analyze.deactivate if args.analysis == "deactivate" else analyze.ne_sweep
+        written = run(base, args.tasks, out, ne_values=args.ne_values, protocol=args.protocol, workers=args.parallel)
+    for name, path in written.items():
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .demo import DEMO_METHODS, run_demo
+
+    run_demo(args.out, epochs=args.epochs, methods=args.methods or DEMO_METHODS, seed=args.seed, quiet=args.quiet)
+    return 0
 
 
 def _cmd_methods(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -35,7 +35,7 @@ def plot_responsiveness(
     first = _grid(next(iter(panels.values()))[0])
     cell = 0.45
     fig, axes = plt.subplots(1, n, figsize=(max(3.2, cell * first.shape[1] + 1.6) * n, cell * first.shape[0] + 1.8),
-                             squeeze=False)
+                             squeeze=False, gridspec_kw={"wspace": 0.4})
     image = None
     for ax, (task, (scores, masks)) in zip(axes[0], panels.items()):
         grid = _grid(scores)

@@ -239,9 +239,9 @@ def attention(run_dirs: Sequence[str | Path], image_paths: Sequence[str | Path],
     fig, axes = plt.subplots(len(raw), 1 + len(runs) * len(heads),
                              figsize=(1.9 * (1 + len(runs) * len(heads)), 2.0 * len(raw)), squeeze=False)
     rows = []
-    for r, (model, record, _) in enumerate(runs):
+    for r, ((model, record, _), run_dir) in enumerate(zip(runs, run_dirs)):
         prefix = getattr(model, "num_prefix_tokens", 1)
-        label = f"{record['config']['method']['name']}"
+        label = f"{record['config']['method']['name']} ({Path(run_dir).name})"
         for h, (layer, head) in enumerate(heads):
             probs = attention_maps(model, batch, layer)[:, head, 0, prefix:]  # class token → patches
             side = int(round(probs.shape[-1] ** 0.5))
