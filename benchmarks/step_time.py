@@ -165,7 +165,8 @@ class _nullctx:
         return None
 
 
-def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, device, include_peft: bool) -> dict:
+def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, device, include_peft: bool,
+                ablation: bool = True) -> dict:
     timm_name, kwargs, size = MODELS[key]
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
@@ -208,7 +209,8 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
     )
     result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank, "rows": rows}
     result["inference"] = bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, device)
-    result["ablation"] = bench_ablation(timm_name, kwargs, images, labels, heads, rank, device)
+    if ablation:
+        result["ablation"] = bench_ablation(timm_name, kwargs, images, labels, heads, rank, device)
     return result
 
 
@@ -266,8 +268,9 @@ def print_table(result: dict) -> None:
     print(f"taylor scoring overhead: {result['rows']['heart-lora scoring']['taylor_overhead']:+.1%} of step time")
     inf = result["inference"]
     print(f"inference: merged/backbone {inf['merged_vs_backbone']:.3f}, unmerged/backbone {inf['unmerged_vs_backbone']:.3f}")
-    abl = result["ablation"]
-    print(f"ablation scores: {abl['seconds_per_batch']:.2f} s per batch ({abl['forward_passes']} forward passes)")
+    abl = result.get("ablation")
+    if abl:
+        print(f"ablation scores: {abl['seconds_per_batch']:.2f} s per batch ({abl['forward_passes']} forward passes)")
 
 
 def main(argv=None) -> int:
@@ -280,6 +283,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-peft", action="store_true", help="skip PEFT (not installed)")
+    parser.add_argument("--no-ablation", action="store_true", help="skip timing ablation scores (1 + L·H forwards)")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -292,7 +296,8 @@ def main(argv=None) -> int:
     print(json.dumps(info))
     results = []
     for key in args.models.split(","):
-        result = bench_model(key.strip(), args.batch, args.repeats, args.warmup, args.rank, device, not args.no_peft)
+        result = bench_model(key.strip(), args.batch, args.repeats, args.warmup, args.rank, device, not args.no_peft,
+                             ablation=not args.no_ablation)
         print_table(result)
         results.append(result)
     if args.json:

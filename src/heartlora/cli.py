@@ -150,6 +150,8 @@ def _train_parser(parser: argparse.ArgumentParser, suppress: bool) -> None:
     _add(g, suppress, "--out", default=r.out, metavar="DIR", help="run directory: run.json, adapter/, checkpoint.pt")
     _add(g, suppress, "--resume", default=r.resume, action="store_true", help="continue the run in --out from its checkpoint")
     _add(g, suppress, "--quiet", default=r.quiet, action="store_true", help="no progress bar or per-epoch lines")
+    _add(g, suppress, "--compile", default=r.compile, action="store_true",
+         help="torch.compile the training forward (worth it on GPUs; compiling takes minutes on a CPU)")
     _add(g, suppress, "--config", default=None, metavar="YAML", help="settings file (keys = long option names); flags override")
     _add(g, suppress, "--preset", default="paper", choices=("paper",), help="recipe preset applied before --config")
 

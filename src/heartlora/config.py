@@ -101,6 +101,7 @@ class RunConfig:
     out: Optional[str] = None
     resume: bool = False
     quiet: bool = False
+    compile: bool = False  # torch.compile the training forward (GPU speed; minutes of compile on CPU)
 
     # ----------------------------------------------------------------------------- helpers
     def to_dict(self) -> dict:

@@ -73,7 +73,7 @@ ADAPTER_DIR = "adapter"
 BACKBONE_NAME = "backbone.json"  # beside adapter_config.json: how to rebuild the backbone for `heartlora eval`
 # Settings that may change between a run and its resumption (the data and weights are compared
 # by their manifest hash / sha256 instead of their paths).
-RESUME_MAY_CHANGE = {"out", "resume", "quiet", "device", "data.workers", "data.check_images", "data.root",
+RESUME_MAY_CHANGE = {"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images", "data.root",
                      "model.weights"}
 
 Callback = Callable[[int, dict], None]
@@ -298,6 +298,8 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = ()) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     built = build(config, device)
     model, task = built.model, built.task
+    # the compiled module shares the parameters; checkpoints and evaluation use ``model`` itself
+    forward = torch.compile(model) if config.compile else model
     s = config.schedule
     if s.drop_last and len(task.train) < s.batch_size:
         raise ConfigError(f"option 'batch_size': {s.batch_size} with drop_last, but the train split of '{task.name}' "
@@ -392,7 +394,7 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = ()) -> dict:
             seed_all(derive_seed(config.seed, "epoch", epoch))
             loader = _train_loader(task.train, config, epoch, device)
             desc = f"epoch {epoch + 1}/{s.epochs}"
-            loss, images, seconds = _train_epoch(model, loader, optimizer, device, use_amp, show_bar, desc, lr)
+            loss, images, seconds = _train_epoch(forward, loader, optimizer, device, use_amp, show_bar, desc, lr)
             entry = {"epoch": epoch, "lr": lr, "train_loss": loss, "phase": "score" if scoring else "train",
                      "images": images, "seconds": round(seconds, 4),
                      "images_per_s": round(images / seconds, 2) if seconds > 0 else None, "eval_accuracy": None}
