@@ -132,8 +132,12 @@ def build_model(**overrides) -> torch.nn.Module:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-             dtype: torch.dtype = torch.float32, bs: int = 500) -> float:
-    """Top-1 accuracy in percent. ``dtype`` simulates stored weights (round-trip cast)."""
+             dtype: torch.dtype = torch.float32, bs: int = 128, amp: bool = False) -> float:
+    """Top-1 accuracy in percent, fp32 compute unless ``amp`` (bf16 autocast).
+
+    ``dtype`` simulates stored weights: they are rounded to ``dtype`` and back to fp32,
+    exactly what a loader that casts the stored file to fp32 sees.
+    """
     model.eval()
     if dtype != torch.float32:
         backup = {k: v.clone() for k, v in model.state_dict().items()}
@@ -141,7 +145,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                                for k, v in backup.items()})
     correct = 0
     for i in range(0, len(x), bs):
-        logits = model(to_input(x[i:i + bs]))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(to_input(x[i:i + bs]))
         correct += (logits.argmax(1) == y[i:i + bs]).sum().item()
     if dtype != torch.float32:
         model.load_state_dict(backup)
@@ -176,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--warmup-epochs", type=float, default=0.5)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--amp", choices=["bf16", "none"], default="bf16",
+                    help="bf16 autocast for training and per-epoch eval (fp32 master weights; "
+                         "~2x faster on CPUs with avx512_bf16); final accuracies are fp32")
     ap.add_argument("--calibrate", type=int, default=0, metavar="STEPS",
                     help="only time STEPS training steps and exit (writes nothing)")
     args = ap.parse_args(argv)
+    t_proc = time.perf_counter()
 
     torch.set_num_threads(args.threads)
     seed_all(args.seed)
@@ -190,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {data_dir}  train {tuple(xtr.shape)}  test {tuple(xte.shape)}", flush=True)
 
     model = build_model()
+    # Explicit (non-fused) attention: identical maths and weights, but on CPU the fused
+    # SDPA kernel's backward is very slow for 65 tokens x head dim 32 (~45% of a step).
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+    amp = args.amp == "bf16"
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {MODEL_NAME} {MODEL_KWARGS}  params {n_params:,}", flush=True)
 
@@ -213,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         xb = to_input(augment(xtr[idx], gen))
-        loss = crit(model(xb), ytr[idx])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = crit(model(xb).float(), ytr[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -229,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             train_step(perm[s * args.batch_size:(s + 1) * args.batch_size], s)
         dt = (time.perf_counter() - t0) / (args.calibrate - 5)
         te = time.perf_counter()
-        evaluate(model, xte[:2000], yte[:2000])
+        evaluate(model, xte[:2000], yte[:2000], amp=amp)
         ev = (time.perf_counter() - te) * 5
         print(f"calibrate: {dt:.3f} s/step, {dt * steps_per_epoch:.0f} s/epoch train "
               f"+ {ev:.0f} s eval ({args.threads} threads)", flush=True)
@@ -244,12 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(steps_per_epoch):
             tot_loss += train_step(perm[i * args.batch_size:(i + 1) * args.batch_size], step)
             step += 1
-        acc = evaluate(model, xte, yte)
+        last = epoch == args.epochs - 1
+        acc = evaluate(model, xte, yte, amp=amp and not last)  # final epoch: exact fp32
         print(f"epoch {epoch + 1}/{args.epochs}  train_loss {tot_loss / steps_per_epoch:.4f}  "
-              f"test_acc {acc:.2f}  elapsed {time.perf_counter() - start:.0f}s", flush=True)
+              f"test_acc{'(bf16)' if amp and not last else ''} {acc:.2f}  elapsed {time.perf_counter() - start:.0f}s", flush=True)
     train_wall = time.perf_counter() - start
 
-    acc32 = evaluate(model, xte, yte)
+    acc32 = acc  # fp32 evaluation after the last epoch
     acc16 = evaluate(model, xte, yte, dtype=torch.float16)
     store_dtype = torch.float16 if abs(acc32 - acc16) <= 0.1 else torch.float32
     acc_stored = acc16 if store_dtype == torch.float16 else acc32
@@ -262,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     state = {k: v.detach().to(store_dtype).contiguous() if v.is_floating_point() else v.contiguous()
              for k, v in model.state_dict().items()}
     save_file(state, str(st_path), metadata={"format": "pt", "model_name": MODEL_NAME})
+    os.chmod(st_path, 0o644)
     digest = sha256_of(st_path)
 
     import timm
@@ -292,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
             "label_smoothing": args.label_smoothing,
             "augmentation": "random crop 32 with zero padding 2, horizontal flip p=0.5",
             "model_selection": "none (weights after the last epoch)",
+            "mixed_precision": "bf16 autocast, fp32 master weights" if amp else "none (fp32)",
         },
         "seed": args.seed,
         "epochs": args.epochs,
         "threads": args.threads,
-        "train_wall_time_s": round(train_wall, 1),
+        "train_wall_time_s": round(train_wall, 1),  # training + per-epoch evaluation
+        "wall_time_s": round(time.perf_counter() - t_proc, 1),  # whole run up to this file
         "test_accuracy_fp32": round(acc32, 2),
         "test_accuracy_stored": round(acc_stored, 2),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -306,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {st_path} ({st_path.stat().st_size:,} bytes, sha256 {digest})", flush=True)
     print(f"wrote {json_path}", flush=True)
-    print(f"total wall {time.perf_counter() - start:.0f}s", flush=True)
+    print(f"total wall {time.perf_counter() - t_proc:.0f}s", flush=True)
     return 0
 
 
