@@ -233,3 +233,16 @@ def test_loader_workers_give_the_same_run(vtab_root):
     a = train(config(vtab_root, epochs=1, workers=0))
     b = train(config(vtab_root, epochs=1, workers=2))
     assert a["curve"][0]["train_loss"] == b["curve"][0]["train_loss"] and a["evaluations"] == b["evaluations"]
+
+
+def test_restart_needs_epochs_after_scoring(tmp_path):
+    from heartlora.cli import main
+    from heartlora.data.synthetic import make_folder
+
+    make_folder(tmp_path / "data", classes=3, per_split=(6, 3, 6), image_size=32)
+    code = main(["train", "--model", "vit_tiny_patch16_224", "--model-kwargs", "patch_size=8", "--model-kwargs",
+                 "embed_dim=48", "--model-kwargs", "depth=2", "--model-kwargs", "num_heads=4", "--image-size", "32",
+                 "--data-kind", "folder", "--data", str(tmp_path / "data"), "--epochs", "2", "--batch-size", "4",
+                 "--workers", "0", "--quiet", "--ne", "1", "--opt", "score_epochs=2", "--opt", "restart=true",
+                 "--out", str(tmp_path / "run")])
+    assert code == 2 and not (tmp_path / "run" / "run.json").exists()

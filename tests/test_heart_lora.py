@@ -322,3 +322,46 @@ def test_taylor_score_equals_gate_gradient():
     F.cross_entropy(model(images), labels).backward()
     for score, gate in zip(free, gates):
         assert torch.allclose(score, gate.grad.abs(), rtol=1e-4, atol=1e-8)
+
+
+# ----- edge cases found in review ------------------------------------------------------------
+def test_loaded_quantised_adapter_is_quantised_again_once_trained(tmp_path, images, labels):
+    model = tiny_vit()
+    heartlora.apply(model, "bilora", rank=4)
+    heartlora.save_adapter(model, tmp_path / "a")
+    fresh = tiny_vit()
+    heartlora.load_adapter(fresh, tmp_path / "a")
+    layer = fresh.blocks[0].attn.qkv
+    assert layer.prequantized
+    _step(fresh, images, labels)  # the weights move off the loaded codes
+    assert layer.effective_A()[:4].unique().numel() == 2  # quantised afresh, 1 bit
+    assert not layer.prequantized
+    heartlora.save_adapter(fresh, tmp_path / "b")
+    reloaded = tiny_vit()
+    heartlora.load_adapter(reloaded, tmp_path / "b")
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(images), fresh.eval()(images))
+
+
+def test_activation_scoring_does_not_change_the_forward(images):
+    model = tiny_vit()
+    heartlora.apply(model, "heart-lora", ne=1, dropout=0.0)
+    _randomise_b(model)
+    model.eval()
+    with torch.no_grad():
+        plain = model(images)
+        with heartlora.HeadScorer(model, "activation") as scorer:
+            scored = model(images)
+            assert all(s.sum() > 0 for s in scorer.scores())
+    assert torch.equal(plain, scored)
+
+
+def test_explicit_select_is_never_overridden_on_swin():
+    for select in ("first", "global"):
+        with pytest.raises(ValueError, match=f"select='{select}'"):
+            heartlora.apply(tiny_swin(), "heart-lora", select=select)
+
+
+def test_fraction_keeps_one_head_per_layer():
+    masks = heartlora.select_heads([torch.zeros(2), torch.zeros(4)], select="fraction", fraction=0.8)
+    assert [int(m.sum()) for m in masks] == [1, 1]

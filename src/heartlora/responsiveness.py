@@ -114,7 +114,7 @@ def select_heads(
     ties go to the lower head index, so the result is deterministic."""
     scores = [torch.as_tensor(s, dtype=torch.float64).flatten().cpu() for s in scores]
     if normalize:
-        scores = [s / s.sum() if s.sum() > 0 else s for s in scores]
+        scores = [s / s.abs().sum() if s.abs().sum() > 0 else s for s in scores]  # ablation scores can be < 0
     heads = [s.numel() for s in scores]
 
     def lowest(values: torch.Tensor, count: int) -> list[int]:
@@ -142,7 +142,9 @@ def select_heads(
     elif select == "fraction":
         if fraction is None or not 0.0 <= fraction < 1.0:
             raise ValueError(f"select='fraction' needs option 'fraction' in [0, 1), got {fraction!r}")
-        masks = [mask_without(s.numel(), lowest(s, round_half_up(fraction * s.numel()))) for s in scores]
+        # at least one head stays active in every layer
+        masks = [mask_without(s.numel(), lowest(s, min(round_half_up(fraction * s.numel()), s.numel() - 1)))
+                 for s in scores]
     else:
         raise ValueError(f"option 'select'={select!r}: expected global, layer, fraction or first")
     log.info("head selection (%s): switched off %s", select,

@@ -164,7 +164,10 @@ def _heads_plan(model: nn.Module, config: RunConfig) -> dict | None:
     elif score_epochs > s.epochs:
         raise ConfigError(f"option 'score_epochs'={score_epochs} of method '{config.method.name}': "
                           f"exceeds the {s.epochs} training epochs")
-    elif score_epochs == 0:
+    if options.get("restart") and score_epochs >= s.epochs:
+        raise ConfigError(f"option 'restart' of method '{config.method.name}' needs epochs after the scoring: "
+                          f"score_epochs={score_epochs} leaves none of the {s.epochs} epochs to retrain with the mask")
+    if score_epochs == 0:
         warnings.warn("score_epochs=0: heads are selected before training, from scores of the initial adapter "
                       "(all zero for a zero-initialised B: ties switch off the lowest head indices)", stacklevel=3)
     return {"score": options.get("score", "taylor"), "score_epochs": int(score_epochs),

@@ -81,8 +81,6 @@ class HeartLoRAConfig(LoRAConfig):
         uniform = len(set(heads)) == 1
         if self.fraction is not None and self.select in (None, "layer"):
             self.select = "fraction"  # a fraction of each layer's own heads is per-layer selection
-        if self.select is None:
-            self.select = "global"
         if self.select == "fraction":
             if self.ne is not None:
                 raise ValueError(f"method '{method}': select='fraction' takes option 'fraction', not 'ne'")
@@ -91,11 +89,18 @@ class HeartLoRAConfig(LoRAConfig):
             return
         if self.fraction is not None:
             raise ValueError(f"method '{method}': option 'fraction' needs select='fraction' (got select='{self.select}')")
+        if self.ne is None and not uniform:
+            if self.select not in (None, "layer"):
+                raise ValueError(
+                    f"method '{method}': select='{self.select}' needs option 'ne' on this backbone, whose head "
+                    f"counts differ per layer ({sorted(set(heads))})"
+                )
+            # Swin: heads differ per stage, so a head count cannot be shared across layers.
+            self.select, self.fraction = "fraction", 0.25
+            return
+        if self.select is None:
+            self.select = "global"
         if self.ne is None:
-            if not uniform:
-                # Swin: heads differ per stage, so a head count cannot be shared across layers.
-                self.select, self.fraction = "fraction", 0.25
-                return
             self.ne = round_half_up(heads[0] / 4)
         if self.select == "global" and not uniform:
             raise ValueError(
@@ -133,6 +138,7 @@ class LowRankQKV(AdapterLayer):
         self.merged = False
         self._weight_backup: torch.Tensor | None = None
         self.prequantized = False  # weights hold decoded codes from a loaded quantised adapter
+        self._loaded_versions: tuple[int, int] | None = None
         self._stored_cache: dict[str, torch.Tensor] | None = None
         self.score_kind: str | None = None
         self.register_buffer("score_sum", torch.zeros(heads, device=device), persistent=False)
@@ -167,8 +173,15 @@ class LowRankQKV(AdapterLayer):
         )
 
     # ----- effective weights --------------------------------------------------------------
+    def _loaded_codes_current(self) -> bool:
+        """True while the weights still hold exactly the codes of a loaded quantised adapter;
+        once they are trained further they are quantised (and stored) afresh."""
+        if self.prequantized and self._loaded_versions != (self.lora_A._version, self.lora_B._version):
+            self.prequantized, self._stored_cache = False, None
+        return self.prequantized
+
     def _quantized(self, stacked: torch.Tensor) -> torch.Tensor:
-        if self.bits >= 32 or self.prequantized:
+        if self.bits >= 32 or self._loaded_codes_current():
             return stacked
         n = stacked.shape[0]
         return torch.stack([quant.quantize_ste(stacked[i], self.bits) for i in range(n)])
@@ -204,17 +217,17 @@ class LowRankQKV(AdapterLayer):
         if self.score_kind == "taylor" and b_eff.requires_grad:
             b_eff.register_hook(self._taylor_hook(b_eff.detach()))
         z = self.dropout(F.linear(x, self.effective_A().to(x.dtype)))
+        up = self.full_B(b_eff)
         if self.score_kind == "activation":
-            delta = F.linear(z, self.full_B(b_eff).to(z.dtype))
-            self._accumulate_activation(delta)
-            return self.base(x) + delta
+            # statistics on the side, so scoring never changes the numbers training sees
+            self._accumulate_activation(F.linear(z.detach(), up.detach().to(z.dtype)))
         # qkv(x) + z·Bᵀ as one addmm plus one in-place addmm on a fresh (non-view) tensor:
         # no extra (tokens × 3d) tensor, and Linear's backward never reads its own output.
         x2d, z2d = x.reshape(-1, x.shape[-1]), z.reshape(-1, z.shape[-1])
         weight, bias = self.base.weight, self.base.bias
         out = torch.mm(x2d, weight.t().to(x2d.dtype)) if bias is None else torch.addmm(
             bias.to(x2d.dtype), x2d, weight.t().to(x2d.dtype))
-        out.addmm_(z2d, self.full_B(b_eff).to(out.dtype).t())
+        out.addmm_(z2d, up.to(out.dtype).t())
         return out.view(*x.shape[:-1], out.shape[-1])
 
     # ----- responsiveness -----------------------------------------------------------------
@@ -222,9 +235,9 @@ class LowRankQKV(AdapterLayer):
         # |∂L/∂g_h| for a gate g_h = 1 on head h's delta equals |Σ ∂L/∂B_h ⊙ B_h| over its block
         # (targets summed: one gate per head), so it costs no extra pass.
         def hook(grad: torch.Tensor) -> None:
+            # tensor ops only (no Python counters): keeps the hook inside a torch.compile graph
             per_head = (grad.detach().float() * b_eff.float()).sum(dim=(0, 2, 3)).abs()
             self.score_sum.index_add_(0, self.active_heads, per_head)
-            self.score_batches += 1
 
         return hook
 
@@ -284,7 +297,7 @@ class LowRankQKV(AdapterLayer):
 
     # ----- storage ------------------------------------------------------------------------
     def stored_tensors(self) -> dict[str, torch.Tensor]:
-        if self.prequantized and self._stored_cache is not None:
+        if self._loaded_codes_current() and self._stored_cache is not None:
             return dict(self._stored_cache)
         a, b = self.lora_A.detach(), self.lora_B.detach()
         if self.bits >= 32:
@@ -329,6 +342,7 @@ class LowRankQKV(AdapterLayer):
                 param[t].copy_(values.reshape(param[t].shape))
                 cache[f"{key}.{name}.codes"], cache[f"{key}.{name}.stats"] = packed.clone(), stats.clone()
         self.prequantized, self._stored_cache = True, cache
+        self._loaded_versions = (self.lora_A._version, self.lora_B._version)
 
     def stored_nbytes(self) -> int:
         """Closed-form stored size; equals the bytes of ``stored_tensors()``."""
