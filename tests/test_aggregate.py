@@ -35,3 +35,8 @@ def test_partial_results_are_flagged_and_aliases_accepted():
 def test_mean_std():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_tasks_of_ones_own_enter_only_the_plain_mean():
+    result = group_means({"cifar": 70.0, "digits": 90.0})
+    assert result["natural"] == 70.0 and result["mean_tasks"] == 80.0

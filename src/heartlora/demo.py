@@ -87,7 +87,7 @@ def demo_config(out: Path, epochs: int, seed: int, quiet: bool) -> RunConfig:
     return RunConfig(
         model=model,
         method=MethodConfig("heart-lora", {}),
-        data=DataConfig(kind="vtab", root=str(out / "data"), task=TASK, image_size=meta["image_size"][-1],
+        data=DataConfig(kind="vtab", root=str((out / "data").resolve()), task=TASK, image_size=meta["image_size"][-1],
                         normalize=meta.get("normalisation", "none"), workers=0, check_images=True),
         schedule=ScheduleConfig(epochs=epochs, warmup_epochs=warmup, batch_size=32, eval_every=5),
         seed=seed, device="cpu", quiet=quiet,

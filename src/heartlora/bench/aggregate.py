@@ -17,11 +17,12 @@ def _groups() -> dict[str, list[str]]:
 
 def group_means(per_task: Mapping[str, float]) -> dict:
     """``{natural, specialized, structured}`` means over the tasks present, ``average`` (mean of
-    group means, only when every group has a task), ``mean_tasks`` (plain mean) and
-    ``complete`` (all 19 tasks present)."""
-    from ..data import canonical_task
+    group means, only when every group has a task), ``mean_tasks`` (plain mean over every task
+    given) and ``complete`` (all 19 tasks present). Tasks of one's own in the VTAB layout (not
+    among the 19) enter only ``mean_tasks``."""
+    from ..data.tasks import lookup_task
 
-    scores = {canonical_task(t): float(v) for t, v in per_task.items()}
+    scores = {lookup_task(t, "vtab") or t: float(v) for t, v in per_task.items()}
     out: dict = {}
     missing = []
     for group, tasks in _groups().items():

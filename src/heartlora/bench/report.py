@@ -115,7 +115,8 @@ def _vtab_columns(summary: dict) -> list[str]:
     from ..data import VTAB_GROUPS
 
     present = {t for s in summary.values() for t in s["tasks"]}
-    return [t for group in VTAB_GROUPS.values() for t in group if t in present]
+    ordered = [t for group in VTAB_GROUPS.values() for t in group if t in present]
+    return ordered + sorted(present - set(ordered))  # tasks of one's own last
 
 
 def vtab_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -189,7 +190,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, protoc
     vtab = vtab_summary(rows, protocol)
     if vtab:
         header, body = vtab_rows(vtab)
-        md += ["## VTAB-1K", "", _markdown(header, body), ""]
+        md += ["## VTAB-1K layout", "", _markdown(header, body), ""]
         incomplete = sorted(m for m, s in vtab.items() if not s["groups"]["complete"])
         if incomplete:
             md += [f"Partial VTAB-1K for {', '.join(incomplete)}: group means cover the tasks present only.", ""]
