@@ -40,7 +40,7 @@ def test_analyze_responsiveness_and_attention(sweep):
     assert len(runs) == 2
     assert main(["analyze", "responsiveness", *runs, "--out", str(root / "resp")]) == 0
     correlation = (root / "resp" / "score_correlation.csv").read_text().splitlines()
-    assert correlation[0] == "run,score,spearman_vs_ablation,heads" and len(correlation) == 1 + 2 * 3
+    assert correlation[0] == "run,score,spearman_vs_ablation,heads" and len(correlation) == 1 + 2 * 3 and len({r.split(",")[0] for r in correlation[1:]}) == 2
     assert (root / "resp" / "responsiveness.png").stat().st_size > 0
     image = sorted((root / "data" / "cifar" / "images" / "test").iterdir())[0]
     assert main(["analyze", "attention", "--runs", *runs, "--images", str(image), "--heads", "1:0,0:2",

@@ -90,6 +90,10 @@ def plot_lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
         ax.plot(xs, ys, marker="o", label=label)
     if logx:
         ax.set_xscale("log", base=2)
+    if all(float(x).is_integer() for xs, _ in series.values() for x in xs):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

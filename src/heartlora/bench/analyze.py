@@ -110,11 +110,13 @@ def responsiveness(run_dirs: Sequence[str | Path], out_dir: str | Path, correlat
         heads = record.get("heads")
         if not heads or not heads.get("scores"):
             raise ValueError(f"{Path(run_dir) / RUN_NAME}: no head scores (a heart-lora run is needed)")
-        label = f"{record['data']['task']} ({record['config']['method']['name']})"
+        label = f"{record['data']['task']}\n{record['config']['method']['name']} · {Path(run_dir).name}"
+        if label in panels:
+            raise ValueError(f"{run_dir}: given twice")
         panels[label] = (heads["scores"], heads["head_masks"])
         for layer, (scores, mask) in enumerate(zip(heads["scores"], heads["head_masks"])):
             for head, (score, active) in enumerate(zip(scores, mask)):
-                score_rows.append([label, layer, head, score, int(active)])
+                score_rows.append([label.replace("\n", " "), layer, head, score, int(active)])
         if correlate:
             model, _, task = load_run(run_dir)
             results = score_run(model, _batches(task.train, batches, batch_size))
@@ -122,7 +124,7 @@ def responsiveness(run_dirs: Sequence[str | Path], out_dir: str | Path, correlat
             active = lambda per_layer: [float(v) for s, m in zip(per_layer, masks) for v, a in zip(s.tolist(), m) if a]
             exact = active(results["ablation"])
             for kind in CHEAP_SCORES:
-                corr_rows.append([label, kind, spearman(active(results[kind]), exact), len(exact)])
+                corr_rows.append([label.replace("\n", " "), kind, spearman(active(results[kind]), exact), len(exact)])
     png = plot_responsiveness(panels, out / "responsiveness.png")
     with open(out / "responsiveness.csv", "w", newline="") as f:
         csv.writer(f).writerows([["run", "layer", "head", "score", "active"], *score_rows])
