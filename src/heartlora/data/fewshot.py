@@ -17,10 +17,9 @@ import re
 from functools import partial
 from pathlib import Path
 
-from .errors import DataError
 from .listfile import read_list
 from .splits import Layout, SplitSource
-from .tasks import FEWSHOT_DATASETS, aliases, canonical_task, find_task_dir, lookup_task, task_dirs
+from .tasks import FEWSHOT_DATASETS, resolve_task_dir
 
 #: Candidate image roots, relative to the dataset folder, tried in order ("" = the folder itself).
 IMAGE_ROOTS: dict[str, tuple[str, ...]] = {
@@ -75,31 +74,8 @@ def has_lists(folder: Path) -> bool:
 
 
 def _directory(root: Path, task: str | None) -> tuple[str, Path]:
-    names = ", ".join(FEWSHOT_DATASETS)
-    if not root.is_dir():
-        raise DataError(f"{root}: data folder not found; expected a few-shot root holding "
-                        f"<dataset>/{LIST_DIR}/{TEST_LIST} and train_meta.list.num_shot_K.seed_S")
-    found = task_dirs(root, "fewshot")
-    found_here = f"; dataset folders found in {root}: {', '.join(found)}" if found else ""
-    if task is None:
-        name = lookup_task(root.name, "fewshot")
-        if not has_lists(root):
-            raise DataError(f"{root}: not a few-shot dataset folder (no {LIST_DIR}/{TEST_LIST} or train lists); "
-                            f"pass a dataset name, one of: {names}{found_here}")
-        if name is None:
-            raise DataError(f"{root}: cannot tell the few-shot dataset from the folder name '{root.name}'; "
-                            f"pass the dataset name, one of: {names}")
-        return name, root
-    name = canonical_task(task, "fewshot")
-    directory = find_task_dir(root, name, "fewshot")
-    if directory is None:
-        # the root may be the dataset folder itself, unless its name says it is another dataset
-        if not has_lists(root) or lookup_task(root.name, "fewshot") not in (None, name):
-            raise DataError(f"{root}: no folder for few-shot dataset '{name}'; expected {root / name}/ "
-                            f"(or an alias: {', '.join(aliases(name, 'fewshot')[1:])}) holding "
-                            f"{LIST_DIR}/{TEST_LIST}{found_here}")
-        directory = root
-    return name, directory
+    return resolve_task_dir(root, task, "fewshot", has_lists,
+                            f"{LIST_DIR}/{TEST_LIST} and train_meta.list.num_shot_K.seed_S")
 
 
 def locate_fewshot(root: str | Path, task: str | None, shots: int | None = None,

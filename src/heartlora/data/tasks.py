@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Callable
 
 from .errors import DataError
 
@@ -140,3 +141,36 @@ def task_dirs(root: Path, kind: str) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and lookup_task(p.name, kind) is not None)
+
+
+def resolve_task_dir(root: Path, task: str | None, kind: str, has_lists: Callable[[Path], bool],
+                     holding: str) -> tuple[str, Path]:
+    """(canonical name, folder) of a task: ``root/<any alias>``, or ``root`` itself when it holds
+    the lists (``has_lists``) and its name does not say it is another task. With ``task=None``
+    the root must be a task folder named by an alias. ``holding`` describes the expected lists in
+    error messages."""
+    registry, _, what = _REGISTRIES[kind]  # what: "VTAB-1K task" / "few-shot dataset"
+    names = ", ".join(registry)
+    noun = what.split()[-1]
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found; expected a {what.rsplit(' ', 1)[0]} root holding "
+                        f"<{noun}>/{holding}")
+    found = task_dirs(root, kind)
+    found_here = f"; {noun} folders found in {root}: {', '.join(found)}" if found else ""
+    if task is None:
+        if not has_lists(root):
+            raise DataError(f"{root}: not a {what} folder (no {holding}); pass a {noun} name, one of: "
+                            f"{names}{found_here}")
+        name = lookup_task(root.name, kind)
+        if name is None:
+            raise DataError(f"{root}: cannot tell the {what} from the folder name '{root.name}'; "
+                            f"pass the {noun} name, one of: {names}")
+        return name, root
+    name = canonical_task(task, kind)
+    directory = find_task_dir(root, name, kind)
+    if directory is None:
+        if not has_lists(root) or lookup_task(root.name, kind) not in (None, name):
+            raise DataError(f"{root}: no folder for {what} '{name}'; expected {root / name}/ (or an alias: "
+                            f"{', '.join(aliases(name, kind)[1:]) or 'none'}) holding {holding}{found_here}")
+        directory = root
+    return name, directory

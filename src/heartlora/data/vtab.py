@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import DataError
 from .listfile import read_list
 from .splits import Layout, SplitSource
-from .tasks import VTAB_TASKS, aliases, canonical_task, find_task_dir, lookup_task, task_dirs
+from .tasks import VTAB_TASKS, lookup_task, resolve_task_dir
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 ROLES = {"final": ("train800val200", "test"), "tune": ("train800", "val200")}
@@ -23,11 +23,6 @@ _FILES = ", ".join(f"{s}.txt" for s in SPLITS)
 
 def has_lists(folder: Path) -> bool:
     return any((folder / f"{split}.txt").is_file() for split in SPLITS)
-
-
-def _found_here(root: Path) -> str:
-    found = task_dirs(root, "vtab")
-    return f"; task folders found in {root}: {', '.join(found)}" if found else ""
 
 
 def locate_vtab(root: str | Path, task: str | None) -> Layout:
@@ -40,27 +35,7 @@ def locate_vtab(root: str | Path, task: str | None) -> Layout:
     custom = _custom_task(root, task)
     if custom is not None:
         return custom
-    if not root.is_dir():
-        raise DataError(f"{root}: data folder not found; expected a VTAB-1K root holding <task>/{{{_FILES}}}")
-    if task is None:
-        if not has_lists(root):
-            raise DataError(f"{root}: not a VTAB-1K task folder (none of {_FILES}); pass a task name, "
-                            f"one of: {', '.join(VTAB_TASKS)}{_found_here(root)}")
-        name = lookup_task(root.name, "vtab")
-        if name is None:
-            raise DataError(f"{root}: cannot tell the VTAB-1K task from the folder name '{root.name}'; "
-                            f"pass the task name, one of: {', '.join(VTAB_TASKS)}")
-        directory = root
-    else:
-        name = canonical_task(task, "vtab")
-        directory = find_task_dir(root, name, "vtab")
-        if directory is None:
-            # the root may be the task folder itself, unless its name says it is another task
-            if not has_lists(root) or lookup_task(root.name, "vtab") not in (None, name):
-                raise DataError(f"{root}: no folder for VTAB-1K task '{name}'; expected {root / name}/ "
-                                f"(or an alias: {', '.join(aliases(name)[1:]) or 'none'}) holding {_FILES}"
-                                f"{_found_here(root)}")
-            directory = root
+    name, directory = resolve_task_dir(root, task, "vtab", has_lists, "{" + _FILES + "}")
     return _layout(name, directory, VTAB_TASKS[name])
 
 
