@@ -1,8 +1,12 @@
 """Training-step time and memory of heartlora's methods against the floor and PEFT's LoRA.
 
 All configurations share one process, one model geometry, one batch. After warm-up they run
-interleaved (A B C A B C …) so drifting machine load hits all of them alike; the report gives
-medians, the spread (interquartile range / median) and ratios to the floor and to PEFT.
+in interleaved rounds (A B C, C B A, A B C …) so drifting machine load hits all of them alike.
+Ratios to the floor and to PEFT are paired: the median over rounds of this round's time over the
+reference's time in the same round, with a distribution-free ~95 % confidence interval of that
+median. ``--target-ci 0.01 --max-repeats 60`` adds rounds until every interval is within ±1 %,
+which is how "repeat until the spread is below the effect" is made concrete. Absolute times are
+reported as medians with their spread (interquartile range / median).
 
 The floor is what any method that adapts every block must pay: the frozen backbone's forward
 plus the backward pass to its input (no weight gradients).
@@ -11,12 +15,14 @@ Memory: on CUDA the peak allocated memory of one step; on CPU the bytes of tenso
 saves for backward (deduplicated by storage), which is where methods differ.
 
     python benchmarks/step_time.py --models vit_tiny_32 --batch 32 --repeats 15
+    python benchmarks/step_time.py --models vit_base --batch 4 --repeats 15 --max-repeats 60 --target-ci 0.01
     python benchmarks/step_time.py --models vit_tiny,vit_small,vit_base --batch 8 --json out.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -165,8 +171,56 @@ class _nullctx:
         return None
 
 
+def median_ci(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Median and a distribution-free ~95 % confidence interval for it (binomial order statistics)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half = z * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half))
+    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
+    return statistics.median(ordered), ordered[lo], ordered[hi]
+
+
+def paired_ratio(values: list[float], reference: list[float]) -> tuple[float, list[float]]:
+    """Median of the per-round ratios value/reference and its ~95 % CI. Pairing by round cancels
+    the machine's drift, which moves both timings of one round alike."""
+    median, lo, hi = median_ci([v / r for v, r in zip(values, reference)])
+    return median, [lo, hi]
+
+
+def run_interleaved(steps: dict[str, Callable[[], object]], repeats: int, max_repeats: int | None,
+                    target_ci: float, device, pairs: list[tuple[str, str]]) -> dict[str, list[float]]:
+    """Rounds of one call per configuration, the order reversed every other round (so no
+    configuration always follows the same one). After ``repeats`` rounds, keep going up to
+    ``max_repeats`` until every paired ratio in ``pairs`` has a CI half-width ≤ ``target_ci``."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    limit = max(repeats, max_repeats or repeats)
+    for round_index in range(limit):
+        for name in (names if round_index % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            steps[name]()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+        if round_index + 1 >= repeats and target_ci > 0:
+            widths = [(ci[1] - ci[0]) / 2 for ci in (paired_ratio(times[a], times[b])[1] for a, b in pairs)]
+            if max(widths) <= target_ci:
+                break
+    return times
+
+
+def _step_pairs(steps) -> list[tuple[str, str]]:
+    """The ratios the report is about: every configuration against the floor and PEFT, and
+    taylor scoring against the same layer not scoring."""
+    pairs = [(name, "floor") for name in steps if name != "floor"]
+    if "peft-lora" in steps:
+        pairs += [(name, "peft-lora") for name in steps if name.startswith(("heart-lora", "bilora", "lora"))]
+    return pairs + [("heart-lora scoring", "heart-lora ne=0")]
+
+
 def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, device, include_peft: bool,
-                ablation: bool = True) -> dict:
+                ablation: bool = True, max_repeats: int | None = None, target_ci: float = 0.0) -> dict:
     timm_name, kwargs, size = MODELS[key]
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
@@ -184,14 +238,7 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
             step()
         memory[config.name] = step(measure_memory=True)
         steps[config.name] = step
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():  # interleaved
-            start = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+    times = run_interleaved(steps, repeats, max_repeats, target_ci, device, _step_pairs(steps))
     rows = {}
     for name, values in times.items():
         median = statistics.median(values)
@@ -199,23 +246,26 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
         rows[name] = {"median_s": median, "spread": (q[2] - q[0]) / median, "memory_bytes": memory[name]}
     floor, peft = rows["floor"], rows.get("peft-lora")
     for name, row in rows.items():
-        row["vs_floor"] = row["median_s"] / floor["median_s"]
+        row["vs_floor"], row["vs_floor_ci"] = paired_ratio(times[name], times["floor"])
         row["memory_vs_floor"] = row["memory_bytes"] / max(floor["memory_bytes"], 1)
         if peft:
-            row["vs_peft"] = row["median_s"] / peft["median_s"]
+            row["vs_peft"], row["vs_peft_ci"] = paired_ratio(times[name], times["peft-lora"])
             row["memory_vs_peft"] = row["memory_bytes"] / max(peft["memory_bytes"], 1)
-    rows["heart-lora scoring"]["taylor_overhead"] = (
-        rows["heart-lora scoring"]["median_s"] / rows["heart-lora ne=0"]["median_s"] - 1.0
-    )
-    result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank, "rows": rows}
-    result["inference"] = bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, device)
+    ratio, ci = paired_ratio(times["heart-lora scoring"], times["heart-lora ne=0"])
+    rows["heart-lora scoring"]["taylor_overhead"] = ratio - 1.0
+    rows["heart-lora scoring"]["taylor_overhead_ci"] = [ci[0] - 1.0, ci[1] - 1.0]
+    result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank,
+              "rounds": len(times["floor"]), "rows": rows}
+    result["inference"] = bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, device,
+                                          max_repeats, target_ci)
     if ablation:
         result["ablation"] = bench_ablation(timm_name, kwargs, images, labels, heads, rank, device)
     return result
 
 
 @torch.no_grad()
-def bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, device) -> dict:
+def bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, device, max_repeats=None,
+                    target_ci=0.0) -> dict:
     """Eval forward: plain backbone vs merged Heart-LoRA (and unmerged, for reference)."""
     def build(kind):
         torch.manual_seed(0)
@@ -227,23 +277,16 @@ def bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, dev
         return model.eval()
 
     models = {kind: build(kind) for kind in ("backbone", "merged", "unmerged")}
-    times = {kind: [] for kind in models}
     for _ in range(warmup):
         for model in models.values():
             model(images)
-    for _ in range(repeats):
-        for kind, model in models.items():
-            start = time.perf_counter()
-            model(images)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[kind].append(time.perf_counter() - start)
-    medians = {kind: statistics.median(v) for kind, v in times.items()}
-    return {
-        "median_s": medians,
-        "merged_vs_backbone": medians["merged"] / medians["backbone"],
-        "unmerged_vs_backbone": medians["unmerged"] / medians["backbone"],
-    }
+    calls = {kind: (lambda model=model: model(images)) for kind, model in models.items()}
+    pairs = [("merged", "backbone"), ("unmerged", "backbone")]
+    times = run_interleaved(calls, repeats, max_repeats, target_ci, device, pairs)
+    result = {"median_s": {kind: statistics.median(v) for kind, v in times.items()}}
+    for kind in ("merged", "unmerged"):
+        result[f"{kind}_vs_backbone"], result[f"{kind}_vs_backbone_ci"] = paired_ratio(times[kind], times["backbone"])
+    return result
 
 
 def bench_ablation(timm_name, kwargs, images, labels, heads, rank, device) -> dict:
@@ -258,16 +301,29 @@ def bench_ablation(timm_name, kwargs, images, labels, heads, rank, device) -> di
     return {"seconds_per_batch": seconds, "forward_passes": 1 + layers * heads}
 
 
+def _ci(row: dict, key: str) -> str:
+    if key not in row:
+        return "–"
+    lo, hi = row[key + "_ci"]
+    return f"{row[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def print_table(result: dict) -> None:
-    print(f"\n{result['model']} ({result['timm']}, {result['image_size']} px, batch {result['batch']}, rank {result['rank']})")
-    print(f"{'configuration':<22}{'median ms':>10}{'spread':>8}{'/floor':>8}{'/peft':>8}{'mem MB':>9}{'mem/peft':>9}")
-    for name, row in result["rows"].items():
-        print(f"{name:<22}{row['median_s'] * 1e3:>10.1f}{row['spread']:>8.1%}{row['vs_floor']:>8.3f}"
-              f"{row.get('vs_peft', float('nan')):>8.3f}{row['memory_bytes'] / 2**20:>9.1f}"
+    rows = result["rows"]
+    rounds = result["rounds"]
+    print(f"\n{result['model']} ({result['timm']}, {result['image_size']} px, batch {result['batch']}, "
+          f"rank {result['rank']}, {rounds} rounds; ratios: median of per-round ratios [~95 % CI])")
+    print(f"{'configuration':<20}{'median ms':>10}{'spread':>8}{'/floor':>24}{'/peft':>24}{'mem MB':>9}{'mem/peft':>9}")
+    for name, row in rows.items():
+        print(f"{name:<20}{row['median_s'] * 1e3:>10.1f}{row['spread']:>8.1%}{_ci(row, 'vs_floor'):>24}"
+              f"{_ci(row, 'vs_peft'):>24}{row['memory_bytes'] / 2**20:>9.1f}"
               f"{row.get('memory_vs_peft', float('nan')):>9.3f}")
-    print(f"taylor scoring overhead: {result['rows']['heart-lora scoring']['taylor_overhead']:+.1%} of step time")
+    scoring = rows["heart-lora scoring"]
+    lo, hi = scoring["taylor_overhead_ci"]
+    print(f"taylor scoring overhead: {scoring['taylor_overhead']:+.2%} of step time [{lo:+.2%}, {hi:+.2%}]")
     inf = result["inference"]
-    print(f"inference: merged/backbone {inf['merged_vs_backbone']:.3f}, unmerged/backbone {inf['unmerged_vs_backbone']:.3f}")
+    print(f"inference: merged/backbone {_ci(inf, 'merged_vs_backbone')}, "
+          f"unmerged/backbone {_ci(inf, 'unmerged_vs_backbone')}")
     abl = result.get("ablation")
     if abl:
         print(f"ablation scores: {abl['seconds_per_batch']:.2f} s per batch ({abl['forward_passes']} forward passes)")
@@ -277,7 +333,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="vit_tiny_32", help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds (the minimum with --target-ci)")
+    parser.add_argument("--max-repeats", type=int, default=None,
+                        help="with --target-ci: keep adding rounds up to this many")
+    parser.add_argument("--target-ci", type=float, default=0.0,
+                        help="stop once every reported ratio's ~95%% CI half-width is at most this (e.g. 0.01)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
@@ -297,7 +357,7 @@ def main(argv=None) -> int:
     results = []
     for key in args.models.split(","):
         result = bench_model(key.strip(), args.batch, args.repeats, args.warmup, args.rank, device, not args.no_peft,
-                             ablation=not args.no_ablation)
+                             ablation=not args.no_ablation, max_repeats=args.max_repeats, target_ci=args.target_ci)
         print_table(result)
         results.append(result)
     if args.json:
