@@ -16,6 +16,7 @@ from .responsiveness import (  # noqa: E402
     HeadScorer,
     ablation_scores,
     apply_head_selection,
+    scoring_paused,
     select_and_apply,
     select_heads,
 )
@@ -34,5 +35,5 @@ from .heads import find_attention_sites  # noqa: E402
 __all__ = [
     "HeadScorer", "ablation_scores", "adapter_bytes", "adapter_tensors", "apply", "apply_head_selection",
     "find_attention_sites", "get_state", "load_adapter", "merge", "methods", "read_adapter_config",
-    "save_adapter", "select_and_apply", "select_heads", "trainable_parameters", "unmerge",
+    "save_adapter", "scoring_paused", "select_and_apply", "select_heads", "trainable_parameters", "unmerge",
 ]

@@ -4,6 +4,7 @@ Scores are lists with one tensor per attention block (Swin's head counts differ 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable, Iterable, Sequence
 
@@ -62,6 +63,34 @@ class HeadScorer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def scoring_paused(model: nn.Module):
+    """Forward passes inside (evaluation, for instance) do not count as responsiveness
+    measurements; scoring resumes as it was on exit."""
+    saved = [(layer, layer.score_kind) for layer in lowrank_layers(model) if layer.score_kind is not None]
+    for layer, _ in saved:
+        layer.score_kind = None
+    try:
+        yield
+    finally:
+        for layer, kind in saved:
+            layer.score_kind = kind
+
+
+def scoring_state(model: nn.Module) -> dict[str, dict]:
+    """Every low-rank layer's accumulated scores, keyed by module name."""
+    return {name: module.score_state() for name, module in model.named_modules() if isinstance(module, LowRankQKV)}
+
+
+def restore_scoring_state(model: nn.Module, state: dict[str, dict]) -> None:
+    modules = {name: module for name, module in model.named_modules() if isinstance(module, LowRankQKV)}
+    missing = sorted(set(state) - set(modules))
+    if missing:
+        raise ValueError(f"scoring state names layers this model does not have: {', '.join(missing)}")
+    for name, value in state.items():
+        modules[name].load_score_state(value)
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from ..methods.base import adapter_layers
 
 __all__ = [
     "CHECKPOINT_NAME", "FORMAT_VERSION", "atomic_write_bytes", "load_checkpoint", "model_state",
-    "restore_model_state", "restore_scoring_state", "save_checkpoint", "scoring_state",
+    "restore_model_state", "save_checkpoint",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -93,22 +93,3 @@ def restore_model_state(model: nn.Module, state: dict, source: str) -> None:
                 raise ValueError(f"{source}: tensor '{name}' has shape {tuple(value.shape)}, the model's is "
                                  f"{None if target is None else tuple(target.shape)}")
             target.copy_(value.to(target.device))
-
-
-def _scoring_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules that accumulate head responsiveness across batches (HeadScorer's targets)."""
-    return {n: m for n, m in model.named_modules() if hasattr(m, "score_sum") and hasattr(m, "score_batches")}
-
-
-def scoring_state(model: nn.Module) -> dict:
-    return {n: {"sum": m.score_sum.detach().cpu().clone(), "batches": int(m.score_batches)}
-            for n, m in _scoring_modules(model).items()}
-
-
-@torch.no_grad()
-def restore_scoring_state(model: nn.Module, state: dict) -> None:
-    modules = _scoring_modules(model)
-    for name, value in state.items():
-        module = modules[name]
-        module.score_sum.copy_(value["sum"].to(module.score_sum.device))
-        module.score_batches = value["batches"]

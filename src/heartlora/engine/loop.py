@@ -50,6 +50,7 @@ from .. import (
     trainable_parameters,
 )
 from ..config import ConfigError, RunConfig
+from ..responsiveness import restore_scoring_state, scoring_paused, scoring_state
 from ..methods.base import adapter_layers
 from ..models import sha256_file
 from .build import build, check_method, config_diff, method_summary, new_classifier, probe_method, resolve_amp, resolve_device
@@ -59,9 +60,7 @@ from .checkpoint import (
     load_checkpoint,
     model_state,
     restore_model_state,
-    restore_scoring_state,
     save_checkpoint,
-    scoring_state,
 )
 from .record import RECORD_FORMAT, RUN_NAME, device_info, peak_memory, protocols, versions, write_json
 from .schedule import CosineSchedule
@@ -105,7 +104,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.d
     model.eval()
     correct = total = 0
     try:
-        with _scoring_paused(model):
+        with scoring_paused(model):
             for images, labels in _progress(loader, "eval", progress):
                 with _autocast(device, use_amp):
                     logits = model(images.to(device, non_blocking=True))
@@ -114,19 +113,6 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.d
     finally:
         model.train(was_training)
     return 100.0 * correct / total
-
-
-@contextlib.contextmanager
-def _scoring_paused(model: nn.Module):
-    """Evaluation passes must not count as responsiveness measurements."""
-    saved = [(m, m.score_kind) for m in model.modules() if getattr(m, "score_kind", None) is not None]
-    for module, _ in saved:
-        module.score_kind = None
-    try:
-        yield
-    finally:
-        for module, kind in saved:
-            module.score_kind = kind
 
 
 def _progress(iterable, desc: str, show: bool, total: int | None = None):
@@ -339,7 +325,8 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = ()) -> dict:
 
     scorer: HeadScorer | None = None
 
-    def select(epoch: int) -> None:
+    def select(epoch: int) -> str:
+        """Fix the head mask after ``epoch`` (-1: before training); returns the log line."""
         nonlocal scorer, optimizer
         if plan["score"] == "ablation":
             scores = ablation_scores(model, _ablation_batches(task, config))
@@ -354,10 +341,12 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = ()) -> dict:
         progress["selected"] = True
         progress["selected_after_epoch"] = epoch
         off = get_state(model).selection.get("switched_off")
-        _log(config.quiet, f"head selection ({plan['score']}, {get_state(model).options.get('select')}): switched off {off}")
         if plan["restart"]:
             optimizer = _restart(model, config, built.num_classes, device)
             progress["restarted"] = True
+        when = "before training" if epoch < 0 else f"after epoch {epoch + 1}"
+        return (f"head selection ({plan['score']}, {get_state(model).options.get('select')}) {when}: "
+                f"switched off {off}" + ("; adapters re-initialised" if plan["restart"] else ""))
 
     def save(epoch: int) -> None:
         progress["wall_seconds"] = prior_wall + (time.perf_counter() - segment_start)
@@ -383,7 +372,7 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = ()) -> dict:
 
     try:
         if plan and not progress["selected"] and plan["score_epochs"] == 0:
-            select(-1)
+            _log(config.quiet, select(-1))
         for epoch in range(progress["epoch"] + 1, s.epochs):
             lr = schedule.lr_for_epoch(epoch)
             for group in optimizer.param_groups:
@@ -401,8 +390,9 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = ()) -> dict:
             entry = {"epoch": epoch, "lr": lr, "train_loss": loss, "phase": "score" if scoring else "train",
                      "images": images, "seconds": round(seconds, 4),
                      "images_per_s": round(images / seconds, 2) if seconds > 0 else None, "eval_accuracy": None}
+            selection_note = None
             if scoring and epoch == plan["score_epochs"] - 1:
-                select(epoch)
+                selection_note = select(epoch)
                 entry["selection"] = True
             if _eval_due(epoch, config):
                 accuracy = evaluate(model, task.eval, s.eval_batch_size or s.batch_size, device=device,
@@ -415,6 +405,8 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = ()) -> dict:
             progress["epoch"] = epoch
             acc_text = f"  acc {entry['eval_accuracy']:.2f}" if entry["eval_accuracy"] is not None else ""
             _log(config.quiet, f"{desc}  loss {loss:.4f}  lr {lr:.3e}  {entry['images_per_s'] or 0:.1f} img/s{acc_text}")
+            if selection_note:
+                _log(config.quiet, selection_note)
             save(epoch)
             for callback in callbacks:
                 callback(epoch, entry)

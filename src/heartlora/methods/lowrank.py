@@ -264,6 +264,15 @@ class LowRankQKV(AdapterLayer):
         self.score_sum.zero_()
         self.score_batches = 0
 
+    def score_state(self) -> dict:
+        """Accumulated responsiveness so far (for checkpoints taken mid-scoring)."""
+        return {"sum": self.score_sum.detach().cpu().clone(), "batches": int(self.score_batches)}
+
+    @torch.no_grad()
+    def load_score_state(self, state: dict) -> None:
+        self.score_sum.copy_(state["sum"].to(self.score_sum.device))
+        self.score_batches = int(state["batches"])
+
     # ----- head selection -----------------------------------------------------------------
     @torch.no_grad()
     def set_active_heads(self, active_mask: torch.Tensor) -> torch.Tensor:
