@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import heartlora
+from heartlora.methods.lowrank import LowRankQKV
 
 MODELS = {
     # name: (timm name, kwargs, image size)
@@ -256,6 +257,8 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
     rows["heart-lora scoring"]["taylor_overhead_ci"] = [ci[0] - 1.0, ci[1] - 1.0]
     result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank,
               "rounds": len(times["floor"]), "rows": rows}
+    result["taylor_work"] = bench_taylor_work(timm_name, kwargs, heads, rank, device)
+    result["taylor_work"]["vs_floor_step"] = result["taylor_work"]["seconds_per_step"] / floor["median_s"]
     result["inference"] = bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, device,
                                           max_repeats, target_ci)
     if ablation:
@@ -287,6 +290,31 @@ def bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, dev
     for kind in ("merged", "unmerged"):
         result[f"{kind}_vs_backbone"], result[f"{kind}_vs_backbone_ci"] = paired_ratio(times[kind], times["backbone"])
     return result
+
+
+def bench_taylor_work(timm_name, kwargs, heads, rank, device, calls: int = 200) -> dict:
+    """The work taylor scoring adds to one training step, timed on its own: every layer's
+    gradient hook (an elementwise product, a per-head sum and an index_add on B-sized tensors).
+    Far below the step-time noise, so it is timed in isolation, many calls in a row."""
+    torch.manual_seed(0)
+    model = timm.create_model(timm_name, pretrained=False, num_classes=10, **kwargs).to(device)
+    heartlora.apply(model, "heart-lora", rank=rank, ne=heads // 3)
+    layers = [m for m in model.modules() if isinstance(m, LowRankQKV)]
+    work = []
+    for layer in layers:
+        b_eff = layer.effective_B().detach()
+        work.append((layer._taylor_hook(b_eff), torch.randn_like(b_eff)))  # the hook backward calls
+    for hook, grad in work:
+        hook(grad)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        for hook, grad in work:
+            hook(grad)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"seconds_per_step": (time.perf_counter() - start) / calls, "layers": len(layers)}
 
 
 def bench_ablation(timm_name, kwargs, images, labels, heads, rank, device) -> dict:
@@ -321,6 +349,9 @@ def print_table(result: dict) -> None:
     scoring = rows["heart-lora scoring"]
     lo, hi = scoring["taylor_overhead_ci"]
     print(f"taylor scoring overhead: {scoring['taylor_overhead']:+.2%} of step time [{lo:+.2%}, {hi:+.2%}]")
+    work = result["taylor_work"]
+    print(f"taylor hook work timed alone: {work['seconds_per_step'] * 1e3:.3f} ms per step over {work['layers']} "
+          f"layers = {work['vs_floor_step']:.3%} of the floor's step")
     inf = result["inference"]
     print(f"inference: merged/backbone {_ci(inf, 'merged_vs_backbone')}, "
           f"unmerged/backbone {_ci(inf, 'unmerged_vs_backbone')}")

@@ -41,4 +41,5 @@ def test_tiny_run_writes_every_ratio(step_time, tmp_path):
     assert {"lora", "heart-lora ne=0", "heart-lora ne=1", "heart-lora scoring", "bilora 1-bit"} <= set(rows)
     assert all(row["vs_floor_ci"][0] <= row["vs_floor"] <= row["vs_floor_ci"][1] for row in rows.values())
     assert "taylor_overhead_ci" in rows["heart-lora scoring"]
+    assert 0 < result["taylor_work"]["vs_floor_step"] and result["taylor_work"]["layers"] == 12
     assert result["inference"]["merged_vs_backbone"] > 0
