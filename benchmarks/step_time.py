@@ -119,6 +119,17 @@ def configurations(heads: int, rank: int, include_peft: bool) -> list[Config]:
     return configs
 
 
+def select_configurations(configs: list[Config], only: list[str] | None) -> list[Config]:
+    """Keep the named configurations (the floor always: every ratio needs it)."""
+    if not only:
+        return configs
+    names = [c.name for c in configs]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise SystemExit(f"--configs: unknown {', '.join(map(repr, unknown))}; this model has {', '.join(names)}")
+    return [c for c in configs if c.floor or c.name in only]
+
+
 class SavedBytes:
     """Bytes autograd keeps for backward during one forward (deduplicated by storage)."""
 
@@ -217,11 +228,14 @@ def _step_pairs(steps) -> list[tuple[str, str]]:
     pairs = [(name, "floor") for name in steps if name != "floor"]
     if "peft-lora" in steps:
         pairs += [(name, "peft-lora") for name in steps if name.startswith(("heart-lora", "bilora", "lora"))]
-    return pairs + [("heart-lora scoring", "heart-lora ne=0")]
+    if "heart-lora scoring" in steps and "heart-lora ne=0" in steps:
+        pairs.append(("heart-lora scoring", "heart-lora ne=0"))
+    return pairs
 
 
 def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, device, include_peft: bool,
-                ablation: bool = True, max_repeats: int | None = None, target_ci: float = 0.0) -> dict:
+                ablation: bool = True, max_repeats: int | None = None, target_ci: float = 0.0,
+                only: list[str] | None = None) -> dict:
     timm_name, kwargs, size = MODELS[key]
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
@@ -230,7 +244,7 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
     heads = probe.blocks[0].attn.num_heads
     steps = {}
     memory = {}
-    for config in configurations(heads, rank, include_peft):
+    for config in select_configurations(configurations(heads, rank, include_peft), only):
         torch.manual_seed(0)
         model = timm.create_model(timm_name, pretrained=False, num_classes=10, **kwargs).to(device).train()
         model = config.build(model).to(device)
@@ -252,9 +266,10 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
         if peft:
             row["vs_peft"], row["vs_peft_ci"] = paired_ratio(times[name], times["peft-lora"])
             row["memory_vs_peft"] = row["memory_bytes"] / max(peft["memory_bytes"], 1)
-    ratio, ci = paired_ratio(times["heart-lora scoring"], times["heart-lora ne=0"])
-    rows["heart-lora scoring"]["taylor_overhead"] = ratio - 1.0
-    rows["heart-lora scoring"]["taylor_overhead_ci"] = [ci[0] - 1.0, ci[1] - 1.0]
+    if "heart-lora scoring" in rows and "heart-lora ne=0" in rows:
+        ratio, ci = paired_ratio(times["heart-lora scoring"], times["heart-lora ne=0"])
+        rows["heart-lora scoring"]["taylor_overhead"] = ratio - 1.0
+        rows["heart-lora scoring"]["taylor_overhead_ci"] = [ci[0] - 1.0, ci[1] - 1.0]
     result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank,
               "rounds": len(times["floor"]), "rows": rows}
     result["taylor_work"] = bench_taylor_work(timm_name, kwargs, heads, rank, device)
@@ -346,9 +361,10 @@ def print_table(result: dict) -> None:
         print(f"{name:<20}{row['median_s'] * 1e3:>10.1f}{row['spread']:>8.1%}{_ci(row, 'vs_floor'):>24}"
               f"{_ci(row, 'vs_peft'):>24}{row['memory_bytes'] / 2**20:>9.1f}"
               f"{row.get('memory_vs_peft', float('nan')):>9.3f}")
-    scoring = rows["heart-lora scoring"]
-    lo, hi = scoring["taylor_overhead_ci"]
-    print(f"taylor scoring overhead: {scoring['taylor_overhead']:+.2%} of step time [{lo:+.2%}, {hi:+.2%}]")
+    scoring = rows.get("heart-lora scoring", {})
+    if "taylor_overhead" in scoring:
+        lo, hi = scoring["taylor_overhead_ci"]
+        print(f"taylor scoring overhead: {scoring['taylor_overhead']:+.2%} of step time [{lo:+.2%}, {hi:+.2%}]")
     work = result["taylor_work"]
     print(f"taylor hook work timed alone: {work['seconds_per_step'] * 1e3:.3f} ms per step over {work['layers']} "
           f"layers = {work['vs_floor_step']:.3%} of the floor's step")
@@ -371,6 +387,9 @@ def main(argv=None) -> int:
                         help="stop once every reported ratio's ~95%% CI half-width is at most this (e.g. 0.01)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--configs", default=None,
+                        help="comma list of configuration names to time (the floor always runs), e.g. "
+                             "'heart-lora ne=4,bilora 1-bit,peft-lora'")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-peft", action="store_true", help="skip PEFT (not installed)")
@@ -388,7 +407,8 @@ def main(argv=None) -> int:
     results = []
     for key in args.models.split(","):
         result = bench_model(key.strip(), args.batch, args.repeats, args.warmup, args.rank, device, not args.no_peft,
-                             ablation=not args.no_ablation, max_repeats=args.max_repeats, target_ci=args.target_ci)
+                             ablation=not args.no_ablation, max_repeats=args.max_repeats, target_ci=args.target_ci,
+                             only=[c.strip() for c in args.configs.split(",")] if args.configs else None)
         print_table(result)
         results.append(result)
     if args.json:
