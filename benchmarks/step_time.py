@@ -200,6 +200,19 @@ def paired_ratio(values: list[float], reference: list[float]) -> tuple[float, li
     return median, [lo, hi]
 
 
+TAYLOR_PAIR = ("heart-lora scoring", "heart-lora ne=0")  # the same layer scoring vs not
+
+
+def _timed(call: Callable[[], object], device, times: int = 1) -> float:
+    """Seconds for ``times`` calls, device work included."""
+    start = time.perf_counter()
+    for _ in range(times):
+        call()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def run_interleaved(steps: dict[str, Callable[[], object]], repeats: int, max_repeats: int | None,
                     target_ci: float, device, pairs: list[tuple[str, str]]) -> dict[str, list[float]]:
     """Rounds of one call per configuration, the order reversed every other round (so no
@@ -210,11 +223,7 @@ def run_interleaved(steps: dict[str, Callable[[], object]], repeats: int, max_re
     limit = max(repeats, max_repeats or repeats)
     for round_index in range(limit):
         for name in (names if round_index % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            steps[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(_timed(steps[name], device))
         if round_index + 1 >= repeats and target_ci > 0:
             widths = [(ci[1] - ci[0]) / 2 for ci in (paired_ratio(times[a], times[b])[1] for a, b in pairs)]
             if max(widths) <= target_ci:
@@ -228,8 +237,8 @@ def _step_pairs(steps) -> list[tuple[str, str]]:
     pairs = [(name, "floor") for name in steps if name != "floor"]
     if "peft-lora" in steps:
         pairs += [(name, "peft-lora") for name in steps if name.startswith(("heart-lora", "bilora", "lora"))]
-    if "heart-lora scoring" in steps and "heart-lora ne=0" in steps:
-        pairs.append(("heart-lora scoring", "heart-lora ne=0"))
+    if all(name in steps for name in TAYLOR_PAIR):
+        pairs.append(TAYLOR_PAIR)
     return pairs
 
 
@@ -266,10 +275,11 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
         if peft:
             row["vs_peft"], row["vs_peft_ci"] = paired_ratio(times[name], times["peft-lora"])
             row["memory_vs_peft"] = row["memory_bytes"] / max(peft["memory_bytes"], 1)
-    if "heart-lora scoring" in rows and "heart-lora ne=0" in rows:
-        ratio, ci = paired_ratio(times["heart-lora scoring"], times["heart-lora ne=0"])
-        rows["heart-lora scoring"]["taylor_overhead"] = ratio - 1.0
-        rows["heart-lora scoring"]["taylor_overhead_ci"] = [ci[0] - 1.0, ci[1] - 1.0]
+    scoring, not_scoring = TAYLOR_PAIR
+    if scoring in rows and not_scoring in rows:
+        ratio, ci = paired_ratio(times[scoring], times[not_scoring])
+        rows[scoring]["taylor_overhead"] = ratio - 1.0
+        rows[scoring]["taylor_overhead_ci"] = [ci[0] - 1.0, ci[1] - 1.0]
     result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank,
               "rounds": len(times["floor"]), "rows": rows}
     result["taylor_work"] = bench_taylor_work(timm_name, kwargs, heads, rank, device)
@@ -319,17 +329,12 @@ def bench_taylor_work(timm_name, kwargs, heads, rank, device, calls: int = 200) 
     for layer in layers:
         b_eff = layer.effective_B().detach()
         work.append((layer._taylor_hook(b_eff), torch.randn_like(b_eff)))  # the hook backward calls
-    for hook, grad in work:
-        hook(grad)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
+    def one_step():
         for hook, grad in work:
             hook(grad)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return {"seconds_per_step": (time.perf_counter() - start) / calls, "layers": len(layers)}
+
+    _timed(one_step, device)  # warm-up
+    return {"seconds_per_step": _timed(one_step, device, calls) / calls, "layers": len(layers)}
 
 
 def bench_ablation(timm_name, kwargs, images, labels, heads, rank, device) -> dict:
@@ -337,9 +342,7 @@ def bench_ablation(timm_name, kwargs, images, labels, heads, rank, device) -> di
     torch.manual_seed(0)
     model = timm.create_model(timm_name, pretrained=False, num_classes=10, **kwargs).to(device)
     heartlora.apply(model, "heart-lora", rank=rank, ne=heads // 3)
-    start = time.perf_counter()
-    heartlora.ablation_scores(model, [(images, labels)])
-    seconds = time.perf_counter() - start
+    seconds = _timed(lambda: heartlora.ablation_scores(model, [(images, labels)]), device)
     layers = len(heartlora.find_attention_sites(model))
     return {"seconds_per_batch": seconds, "forward_passes": 1 + layers * heads}
 

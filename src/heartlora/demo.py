@@ -42,13 +42,18 @@ def demo_backbone() -> tuple[ModelConfig, dict]:
     return model, meta
 
 
+def _digits_written(task_dir: Path) -> bool:
+    """The last files written before the rename exist: the folder is complete."""
+    return (task_dir / "test.txt").is_file() and (task_dir / "classes.txt").is_file()
+
+
 def prepare_digits(root: str | Path, seed: int = 0) -> Path:
     """Write scikit-learn's digits as a VTAB-1K-style task folder ``root/digits`` (idempotent)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
     task_dir = Path(root) / TASK
-    if (task_dir / "test.txt").is_file() and (task_dir / "classes.txt").is_file():
+    if _digits_written(task_dir):
         return task_dir
     digits = load_digits()
     images = (digits.images / 16.0 * 255.0).round().astype(np.uint8)  # 0..16 grey levels → 8-bit
@@ -69,7 +74,7 @@ def prepare_digits(root: str | Path, seed: int = 0) -> Path:
     for split, lines in lists.items():
         (tmp / f"{split}.txt").write_text("\n".join(lines) + "\n")
     (tmp / "classes.txt").write_text("\n".join(str(c) for c in range(10)) + "\n")
-    if (task_dir / "test.txt").is_file() and (task_dir / "classes.txt").is_file():
+    if _digits_written(task_dir):
         shutil.rmtree(tmp)  # another process finished the same folder first
         return task_dir
     if task_dir.exists():

@@ -79,13 +79,17 @@ def scoring_paused(model: nn.Module):
             layer.score_kind = kind
 
 
+def _named_layers(model: nn.Module) -> dict[str, LowRankQKV]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, LowRankQKV)}
+
+
 def scoring_state(model: nn.Module) -> dict[str, dict]:
     """Every low-rank layer's accumulated scores, keyed by module name."""
-    return {name: module.score_state() for name, module in model.named_modules() if isinstance(module, LowRankQKV)}
+    return {name: layer.score_state() for name, layer in _named_layers(model).items()}
 
 
 def restore_scoring_state(model: nn.Module, state: dict[str, dict]) -> None:
-    modules = {name: module for name, module in model.named_modules() if isinstance(module, LowRankQKV)}
+    modules = _named_layers(model)
     missing = sorted(set(state) - set(modules))
     if missing:
         raise ValueError(f"scoring state names layers this model does not have: {', '.join(missing)}")
