@@ -27,6 +27,12 @@ warm-up (per step), label smoothing 0.1, batch 128; torch, numpy and python RNGs
 seeded.  The test split is used only to report accuracy after each epoch, never
 for model selection: the weights saved are those after the last epoch.
 
+Resumable: after every epoch the whole training state (weights, optimiser, data-order and
+augmentation generator, global RNGs, history) is written atomically to
+``--work/checkpoint.pt``; running the same command again continues after the last finished
+epoch and ends with the same weights as an uninterrupted run (other arguments are refused).
+So the training can span several sittings on a small CPU.
+
 Outputs (in ``--out``): ``demo_vit_fmnist.safetensors`` (backbone incl. the
 10-class head, fp16 if fp16 keeps test accuracy within 0.1 points of fp32, else
 fp32) and ``demo_vit_fmnist.json`` (everything needed to recreate and check it:
@@ -184,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amp", choices=["bf16", "none"], default="bf16",
                     help="bf16 autocast for training and per-epoch eval (fp32 master weights; "
                          "~2x faster on CPUs with avx512_bf16); final accuracies are fp32")
+    ap.add_argument("--work", type=Path, default=Path("runs/pretrain_demo_backbone"),
+                    help="folder of the per-epoch checkpoint; rerunning the same command resumes from it")
+    ap.add_argument("--sitting-epochs", type=int, default=None, metavar="N",
+                    help="stop after N more epochs (checkpoint kept); run the same command again to continue")
+    ap.add_argument("--train-subset", type=int, default=None, metavar="N",
+                    help="train on the first N training images only (smoke tests of the script)")
     ap.add_argument("--calibrate", type=int, default=0, metavar="STEPS",
                     help="only time STEPS training steps and exit (writes nothing)")
     args = ap.parse_args(argv)
@@ -196,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data if args.data is not None else DEBIAN_DIR
     xtr, ytr = load_split(data_dir, "train")
     xte, yte = load_split(data_dir, "test")
+    if args.train_subset:
+        xtr, ytr = xtr[:args.train_subset], ytr[:args.train_subset]
     print(f"data: {data_dir}  train {tuple(xtr.shape)}  test {tuple(xte.shape)}", flush=True)
 
     model = build_model()
@@ -250,9 +264,38 @@ def main(argv: list[str] | None = None) -> int:
               f"+ {ev:.0f} s eval ({args.threads} threads)", flush=True)
         return 0
 
-    start = time.perf_counter()
-    step = 0
-    for epoch in range(args.epochs):
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("threads", "work", "out", "calibrate", "sitting_epochs")}
+    ckpt_path = args.work / "checkpoint.pt"
+    first_epoch, step, history, prior_wall = 0, 0, [], 0.0
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["settings"] != settings:
+            diff = {k: (ckpt["settings"].get(k), v) for k, v in settings.items() if ckpt["settings"].get(k) != v}
+            raise SystemExit(f"{ckpt_path}: written with other settings {diff} (checkpoint, now); "
+                             "use the same arguments or another --work folder")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        np.random.set_state(ckpt["numpy_rng"])
+        random.setstate(ckpt["python_rng"])
+        first_epoch, step, history, prior_wall = ckpt["epoch"] + 1, ckpt["step"], ckpt["history"], ckpt["train_wall"]
+        print(f"resuming from {ckpt_path} after epoch {first_epoch}/{args.epochs}", flush=True)
+
+    def save_checkpoint(epoch: int, wall: float) -> None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
+        torch.save({"settings": settings, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                    "epoch": epoch, "step": step, "history": history, "train_wall": wall}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    start = time.perf_counter() - prior_wall
+    acc = history[-1]["test_acc"] if history else float("nan")
+    last_epoch = args.epochs if args.sitting_epochs is None else min(args.epochs, first_epoch + args.sitting_epochs)
+    for epoch in range(first_epoch, last_epoch):
         model.train()
         perm = torch.randperm(len(xtr), generator=gen)
         tot_loss = 0.0
@@ -263,7 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         acc = evaluate(model, xte, yte, amp=amp and not last)  # final epoch: exact fp32
         print(f"epoch {epoch + 1}/{args.epochs}  train_loss {tot_loss / steps_per_epoch:.4f}  "
               f"test_acc{'(bf16)' if amp and not last else ''} {acc:.2f}  elapsed {time.perf_counter() - start:.0f}s", flush=True)
+        history.append({"epoch": epoch + 1, "train_loss": round(tot_loss / steps_per_epoch, 4), "test_acc": round(acc, 2),
+                        "test_acc_precision": "bf16" if amp and not last else "fp32"})
+        save_checkpoint(epoch, time.perf_counter() - start)
     train_wall = time.perf_counter() - start
+    if last_epoch < args.epochs:
+        print(f"stopped after epoch {last_epoch}/{args.epochs} (--sitting-epochs); checkpoint {ckpt_path}; "
+              "run the same command again to continue", flush=True)
+        return 0
 
     acc32 = acc  # fp32 evaluation after the last epoch
     acc16 = evaluate(model, xte, yte, dtype=torch.float16)
@@ -314,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "epochs": args.epochs,
         "threads": args.threads,
+        "history": history,  # test accuracy after each epoch: reported only, never used to pick weights
         "train_wall_time_s": round(train_wall, 1),  # training + per-epoch evaluation
         "wall_time_s": round(time.perf_counter() - t_proc, 1),  # whole run up to this file
         "test_accuracy_fp32": round(acc32, 2),
