@@ -142,9 +142,14 @@ def select_heads(
     select: str = "global",
     fraction: float | None = None,
     normalize: bool = False,
+    seed: int = 0,
 ) -> list[torch.Tensor]:
     """Boolean masks (True = active) per layer. The least responsive heads are switched off;
-    ties go to the lower head index, so the result is deterministic."""
+    ties go to the lower head index, so the result is deterministic.
+
+    Controls: ``first`` switches off heads 0..ne-1, ``random`` a set of ``ne`` heads drawn with
+    ``seed`` (the same set in every layer, like ``global``), ``reverse`` the ``ne`` *most*
+    responsive heads under global accumulation (ties: lower index)."""
     scores = [torch.as_tensor(s, dtype=torch.float64).flatten().cpu() for s in scores]
     if normalize:
         scores = [s / s.abs().sum() if s.abs().sum() > 0 else s for s in scores]  # ablation scores can be < 0
@@ -172,6 +177,19 @@ def select_heads(
         # the paper's arbitrary-deactivation control (Figure 3): scores are ignored
         count = _check_ne(ne, min(heads))
         masks = [mask_without(h, list(range(count))) for h in heads]
+    elif select == "random":
+        if len(set(heads)) != 1:
+            raise ValueError(f"select='random' needs equal head counts per layer, got {heads}")
+        count = _check_ne(ne, min(heads))
+        generator = torch.Generator().manual_seed(int(seed))
+        off = sorted(torch.randperm(heads[0], generator=generator)[:count].tolist())
+        masks = [mask_without(h, off) for h in heads]
+    elif select == "reverse":
+        if len(set(heads)) != 1:
+            raise ValueError(f"select='reverse' needs equal head counts per layer, got {heads}")
+        count = _check_ne(ne, min(heads))
+        off = lowest(-torch.stack(scores).sum(dim=0), count)
+        masks = [mask_without(h, off) for h in heads]
     elif select == "fraction":
         if fraction is None or not 0.0 <= fraction < 1.0:
             raise ValueError(f"select='fraction' needs option 'fraction' in [0, 1), got {fraction!r}")
@@ -179,7 +197,7 @@ def select_heads(
         masks = [mask_without(s.numel(), lowest(s, min(round_half_up(fraction * s.numel()), s.numel() - 1)))
                  for s in scores]
     else:
-        raise ValueError(f"option 'select'={select!r}: expected global, layer, fraction or first")
+        raise ValueError(f"option 'select'={select!r}: expected global, layer, fraction, first, random or reverse")
     log.info("head selection (%s): switched off %s", select,
              [torch.nonzero(~m).flatten().tolist() for m in masks])
     return masks
@@ -228,7 +246,8 @@ def select_and_apply(
     if opts.get("select") is None:
         raise ValueError(f"method '{state.method}' does not select heads")
     masks = select_heads(scores, ne=opts.get("ne"), select=opts["select"],
-                         fraction=opts.get("fraction"), normalize=opts.get("normalize", False))
+                         fraction=opts.get("fraction"), normalize=opts.get("normalize", False),
+                         seed=opts.get("select_seed", 0))
     apply_head_selection(model, masks, optimizer=optimizer, scores=scores)
     state.selection = {
         "score": opts.get("score"), "select": opts["select"], "ne": opts.get("ne"),

@@ -20,7 +20,9 @@ from . import quant
 from .base import AdapterLayer, MethodSpec, register, replace_module
 
 SCORE_KINDS = ("taylor", "weight", "activation", "ablation")
-SELECT_KINDS = ("global", "layer", "fraction", "first")  # first: heads 0..ne-1, the arbitrary-deactivation control
+# global / layer / fraction / stage select by responsiveness; first, random and reverse are the controls for the
+# claim that responsiveness matters (the paper's Figure 3): heads 0..ne-1, a seeded random set, the most responsive
+SELECT_KINDS = ("global", "layer", "fraction", "stage", "first", "random", "reverse")
 
 
 def round_half_up(x: float) -> int:
@@ -59,6 +61,7 @@ class HeartLoRAConfig(LoRAConfig):
     score_epochs: Optional[int] = None  # None: the schedule's warm-up length
     restart: bool = False  # re-initialise and retrain from scratch once the mask is fixed
     normalize: bool = False  # scale each layer's scores to sum 1 before accumulating
+    select_seed: int = 0  # seed of select='random'
 
     def validate(self, method: str) -> None:
         super().validate(method)
