@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from . import __version__
+from .fsio import atomic_write
 from .heads import check_geometry
 from .methods import STATE_ATTR, apply, get_state
 from .methods.base import adapter_layers, classifier_parameter_names
@@ -62,12 +64,6 @@ def trainable_parameters(model: nn.Module, include_classifier: bool = True) -> i
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     state = get_state(model)
     directory = Path(directory)
@@ -82,8 +78,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "adapter_bytes_without_classifier": adapter_bytes(model, include_classifier=False),
         "trainable_parameters": trainable_parameters(model),
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"method": state.method}))
-    _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2)))
+    atomic_write(directory / WEIGHTS_NAME, save_safetensors(tensors, metadata={"method": state.method}))
+    atomic_write(directory / CONFIG_NAME, json.dumps(config, indent=2).encode("utf-8"))
     return directory
 
 

@@ -602,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit with code 2 here
     from .data import DataError
+    from .fsio import OutputError
     from .models import WeightsError
 
     previous = warnings.showwarning
@@ -611,7 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (DataError, WeightsError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:
+    except (DataError, WeightsError, OutputError, FileNotFoundError, NotADirectoryError, PermissionError,
+            ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Per-epoch checkpoints, written atomically (tmp file + fsync + ``os.replace``).
+"""Per-epoch checkpoints, written atomically (:func:`heartlora.fsio.atomic_write`).
 
 A checkpoint holds what the run cannot recompute: the trainable tensors (adapters, classifier,
 anything a method left trainable) and the persistent buffers of the method's layers, the head
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..fsio import atomic_write
 from ..methods.base import adapter_layers
 
 __all__ = [
@@ -25,24 +26,13 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    _fsync_replace(tmp, path)
+    atomic_write(path, data)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    _fsync_replace(tmp, path)
+    """Replace ``path`` atomically; on failure the previous checkpoint is intact (OutputError)."""
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

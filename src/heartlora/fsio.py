@@ -1,0 +1,74 @@
+"""Writing files so that a crash, a full disk or a planted symlink can never leave a half-written
+or misplaced file: the one helper every writer of the package goes through.
+
+``atomic_write(path, data)`` writes into a fresh temporary file *in the target's folder*
+(``tempfile.mkstemp``: ``O_CREAT | O_EXCL`` with an unpredictable name, so no existing file or
+symlink is ever followed), flushes and fsyncs it, then renames it over ``path`` (a rename
+replaces a symlink at ``path`` instead of writing through it). On any failure the temporary is
+removed, the previous ``path`` is left as it was, and an :class:`OutputError` names the file.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Union
+
+__all__ = ["OutputError", "atomic_write", "describe_os_error"]
+
+Writer = Union[bytes, Callable[[BinaryIO], None]]
+
+
+class OutputError(OSError):
+    """A file heartlora had to write could not be written (disk full, permissions, …).
+
+    The message names the file and the reason; whatever was there before is intact."""
+
+
+def describe_os_error(err: BaseException) -> str:
+    """``No space left on device (ENOSPC)`` rather than ``[Errno 28] …`` or a torch wrapper text."""
+    code = getattr(err, "errno", None)
+    if code is None and isinstance(err.__cause__, OSError):
+        code = err.__cause__.errno
+    if code is None and "unexpected pos" in str(err):  # torch.save's message when the disk fills mid-file
+        code = errno.ENOSPC
+    if code is not None:
+        return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
+    return f"{type(err).__name__}: {err}"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, data: Writer) -> Path:
+    """Write ``data`` (bytes, or a function writing to a binary file object) to ``path`` atomically."""
+    path = Path(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OutputError(f"{path}: cannot create a file in {path.parent} ({describe_os_error(err)})") from None
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual mode
+        with os.fdopen(fd, "wb") as handle:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                handle.write(data)
+            else:
+                data(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        if isinstance(err, (OSError, RuntimeError)):  # torch.save reports a full disk as RuntimeError
+            raise OutputError(f"{path}: cannot write ({describe_os_error(err)}); the previous version, "
+                              "if any, is unchanged") from None
+        raise
+    return path
