@@ -27,6 +27,7 @@ import copy
 import datetime as _dt
 import json
 import math
+import platform
 import shutil
 import sys
 import time
@@ -251,8 +252,11 @@ def _train_epoch(model, loader, optimizer, device, use_amp, show, desc, lr) -> t
     return total_loss / max(steps, 1), images_seen, seconds
 
 
-def train(config: RunConfig, *, callbacks: Sequence[Callback] = ()) -> dict:
+def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: dict | None = None) -> dict:
     """Train one run and return its record (also written to ``config.out/run.json``).
+
+    ``execution`` (e.g. ``{"executor": "ray", "node": ...}`` from a sweep executor) is merged into
+    the record's ``execution`` block, which says how the run ran (executor, world size, nodes).
 
     ``callbacks`` are called as ``fn(epoch, entry)`` after each epoch's checkpoint is written
     (``entry`` is that epoch's curve point); an exception raised there stops the run like a
@@ -454,6 +458,7 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = ()) -> dict:
         "train_seconds": round(progress["train_seconds"], 3),
         "wall_time_s": round(progress["wall_seconds"], 3),
         "resumed_at_epochs": progress["resumed_at"],
+        "execution": {"executor": "direct", "world_size": 1, "nodes": [platform.node()], **(execution or {})},
         "started_at": progress["started_at"],
         "finished_at": _now(),
         "files": None,
