@@ -193,13 +193,15 @@ def test_normalize_scales_layers_before_accumulating():
     assert (~heartlora.select_heads(scores, ne=1, select="global", normalize=True)[0]).nonzero().item() == 1
 
 
-def test_swin_defaults_to_fraction_and_rejects_global_ne():
+def test_swin_defaults_to_stage_selection_of_a_fraction_and_rejects_global():
     model = tiny_swin()
     heartlora.apply(model, "heart-lora")
     options = heartlora.get_state(model).options
-    assert options["select"] == "fraction" and options["fraction"] == 0.25
+    assert options["select"] == "stage" and options["fraction"] == 0.25
+    layer = heartlora.apply(tiny_swin(), "heart-lora-layer")
+    assert heartlora.get_state(layer).options["select"] == "layer"
     with pytest.raises(ValueError, match="same number of heads"):
-        heartlora.apply(tiny_swin(), "heart-lora", ne=1)
+        heartlora.apply(tiny_swin(), "heart-lora", ne=1, select="global")
 
 
 def test_default_ne_is_a_quarter_of_the_heads():

@@ -226,6 +226,7 @@ def test_run_noah_three_phases(batch, tmp_path):
     assert set(result["timings"]) == {"supernet", "search", "retrain"}
     saved = json.loads((tmp_path / "noah_search.json").read_text())
     assert saved["subnet"] == result["subnet"]
+    heartlora.save_adapter(model, tmp_path / "adapter")
     fresh = heartlora.load_adapter(tiny_vit(), tmp_path / "adapter").eval()
     with torch.no_grad():
         assert torch.equal(fresh(images), model.eval()(images))

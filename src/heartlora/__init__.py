@@ -5,14 +5,15 @@ Python API::
     import timm, heartlora
     model = timm.create_model("vit_base_patch16_224", num_classes=100)
     heartlora.apply(model, "heart-lora", ne=3)          # freeze backbone, add the method
-    ...train...                                         # (heartlora.HeadScorer, select_and_apply)
+    schedule = heartlora.schedule_for(model, epochs=100, optimizer=optimizer, warmup_epochs=10)
+    ...train, calling schedule.on_epoch_start(e) / schedule.on_epoch_end(e)...
     heartlora.save_adapter(model, "adapter/")           # adapter.safetensors + adapter_config.json
     heartlora.merge(model)                              # fold into qkv for inference
 """
-__version__ = "0.1.0"
-
-from .methods import apply, get_state, methods  # noqa: E402
-from .responsiveness import (  # noqa: E402
+from .version import __version__  # noqa: F401
+from .methods.base import MethodSchedule, ScheduleActions, ScheduleContext  # noqa: E402
+from .methods.factory import apply, get_state, methods, schedule_for  # noqa: E402
+from .methods.responsiveness import (  # noqa: E402
     HeadScorer,
     ablation_scores,
     apply_head_selection,
@@ -33,7 +34,8 @@ from .adapters_io import (  # noqa: E402
 from .heads import find_attention_sites  # noqa: E402
 
 __all__ = [
-    "HeadScorer", "ablation_scores", "adapter_bytes", "adapter_tensors", "apply", "apply_head_selection",
-    "find_attention_sites", "get_state", "load_adapter", "merge", "methods", "read_adapter_config",
-    "save_adapter", "scoring_paused", "select_and_apply", "select_heads", "trainable_parameters", "unmerge",
+    "HeadScorer", "MethodSchedule", "ScheduleActions", "ScheduleContext", "ablation_scores", "adapter_bytes",
+    "adapter_tensors", "apply", "apply_head_selection", "find_attention_sites", "get_state", "load_adapter", "merge",
+    "methods", "read_adapter_config", "save_adapter", "schedule_for", "scoring_paused", "select_and_apply",
+    "select_heads", "trainable_parameters", "unmerge",
 ]

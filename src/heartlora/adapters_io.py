@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .fsio import atomic_write
 from .heads import check_geometry
-from .methods import STATE_ATTR, apply, get_state
 from .methods.base import adapter_layers, classifier_parameter_names
-from .responsiveness import apply_head_selection
+from .methods.factory import STATE_ATTR, apply, get_state
+from .methods.responsiveness import apply_head_selection
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"

@@ -63,6 +63,13 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
+def _head_count(text: str) -> int | str:
+    """argparse type: a head count >= 0, or 'auto'."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return _nonneg_int(text)
+
+
 def _add(group, suppress: bool, *flags: str, default: Any = None, **kwargs: Any) -> None:
     """add_argument whose default is shown in --help, or SUPPRESSed to detect explicit flags."""
     group.add_argument(*flags, default=argparse.SUPPRESS if suppress else default, **kwargs)
@@ -117,7 +124,8 @@ def _train_parser(parser: argparse.ArgumentParser, suppress: bool) -> None:
          help="method option, repeatable (e.g. --opt score=ablation --opt restart=true)")
     _add(g, suppress, "--rank", default=None, type=_positive_int, help="shortcut for --opt rank=R (method default if unset)")
     _add(g, suppress, "--scale", default=None, type=float, help="shortcut for --opt scale=S")
-    _add(g, suppress, "--ne", default=None, type=_nonneg_int, help="shortcut for --opt ne=N (heads switched off per layer)")
+    _add(g, suppress, "--ne", default=None, type=_head_count, help="shortcut for --opt ne=N (heads switched off per layer; "
+         "'auto': the most heads whose held-out accuracy stays within --opt tolerance)")
     _add(g, suppress, "--bits", default=None, type=int, help="shortcut for --opt bits=B (32 = full precision)")
 
     _data_args(parser, suppress)
@@ -137,8 +145,8 @@ def _train_parser(parser: argparse.ArgumentParser, suppress: bool) -> None:
     _add(g, suppress, "--eval-every", default=s.eval_every, type=_nonneg_int,
          help="evaluate after epochs e with (e+1) %% N == 0, and after the last (0: last only)")
     _add(g, suppress, "--eval-batch-size", default=s.eval_batch_size, type=_positive_int, help="default: --batch-size")
-    _add(g, suppress, "--ablation-batches", default=s.ablation_batches, type=_positive_int,
-         help="training batches used by --opt score=ablation")
+    _add(g, suppress, "--ablation-batches", default=None, type=_positive_int,
+         help="shortcut for --opt ablation_batches=N (batches measured by --opt score=ablation; method default 4)")
 
     r = RunConfig()
     g = parser.add_argument_group("run")
@@ -175,7 +183,7 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         description="Head-level LoRA (Heart-LoRA) and PETL baselines for timm Vision Transformers.",
         epilog="Run `heartlora COMMAND --help` for the options of a command.",
     )
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -384,7 +392,7 @@ def _read_json(path: Path) -> dict | None:
 def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import torch
 
-    from . import load_adapter, read_adapter_config
+    from .adapters_io import load_adapter, read_adapter_config
     from .data import DataError, load_task
     from .engine.build import build_backbone, new_classifier, resolve_amp, resolve_device
     from .engine.loop import BACKBONE_NAME, evaluate
@@ -574,7 +582,7 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from . import methods
+    from .methods.factory import methods
 
     table = methods()
     if args.json:

@@ -86,7 +86,6 @@ class ScheduleConfig:
     drop_last: bool = True
     eval_every: int = 10  # evaluate after epochs e with (e+1) % eval_every == 0, and the last; 0: last only
     eval_batch_size: Optional[int] = None  # None: batch_size
-    ablation_batches: int = 4  # training batches scored by score='ablation'
 
 
 @dataclass
@@ -142,7 +141,6 @@ class RunConfig:
         positive_int("warmup_epochs", s.warmup_epochs, 0)
         positive_int("batch_size", s.batch_size)
         positive_int("eval_every", s.eval_every, 0)
-        positive_int("ablation_batches", s.ablation_batches)
         if s.eval_batch_size is not None:
             positive_int("eval_batch_size", s.eval_batch_size)
         for option in ("lr", "warmup_lr", "min_lr"):
@@ -184,7 +182,7 @@ FLAT_KEYS: dict[str, tuple[str | None, str]] = {
     **{name: (None, name) for name in _RUN_FIELDS},
 }
 #: Shortcut keys that set a method option (``--ne 3`` ≡ ``--opt ne=3``).
-METHOD_SHORTCUTS = ("rank", "scale", "ne", "bits")
+METHOD_SHORTCUTS = ("rank", "scale", "ne", "bits", "ablation_batches")
 
 #: Named presets. ``paper`` is the DESIGN §4 recipe (also the dataclass defaults).
 PRESETS: dict[str, dict] = {
@@ -275,6 +273,8 @@ def apply_mapping(config: RunConfig, values: dict, source: str = "", lines: dict
                     sub_key = str(sub).replace("-", "_")
                     if key == "method" and sub_key == "options":
                         config.method.options.update(_options_mapping(item, f"{key}.{sub}"))
+                    elif key == "schedule" and sub_key == "ablation_batches":
+                        config.method.options[sub_key] = item  # a method option since record format 2
                     else:
                         _set_field(section, sub_key, item, f"{key}.{sub}")
             elif key in METHOD_SHORTCUTS:

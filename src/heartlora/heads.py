@@ -75,6 +75,23 @@ def find_attention_sites(model: nn.Module) -> list[AttentionSite]:
     return sites
 
 
+def stages(sites: list[AttentionSite]) -> list[int]:
+    """Stage index of every attention block: blocks of one stage share their head count (Swin's
+    ``layers.<i>.blocks.<j>``; a plain ViT is one stage). A stage is the module path before
+    ``.blocks.``, split further wherever the head count or width changes."""
+    out: list[int] = []
+    previous = None
+    for site in sites:
+        prefix = site.name.rsplit(".blocks.", 1)[0] if ".blocks." in site.name else ""
+        key = (prefix, site.num_heads, site.in_dim)
+        if key != previous:
+            out.append(out[-1] + 1 if out else 0)
+        else:
+            out.append(out[-1])
+        previous = key
+    return out
+
+
 def heads_per_layer(sites: list[AttentionSite]) -> list[int]:
     return [s.num_heads for s in sites]
 

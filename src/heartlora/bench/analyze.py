@@ -29,7 +29,7 @@ CHEAP_SCORES = ("taylor", "activation", "weight")
 # ----- loading a finished run -------------------------------------------------------------------------
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model with its adapter, run record, task data) of a finished ``heartlora train`` run."""
-    from .. import load_adapter, read_adapter_config
+    from ..adapters_io import load_adapter, read_adapter_config
     from ..config import ModelConfig
     from ..data import load_task
     from ..engine.build import build_backbone, new_classifier
@@ -85,7 +85,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def score_run(model, batches) -> dict[str, list[torch.Tensor]]:
     """Every score kind on the same batches (eval mode: no dropout, no drop-path)."""
-    from .. import HeadScorer, ablation_scores
+    from ..methods.responsiveness import HeadScorer, ablation_scores
 
     results = {}
     for kind in CHEAP_SCORES:

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import apply, get_state
+from ..methods.factory import apply, get_state
 from ..config import ConfigError, MethodConfig, ModelConfig, RunConfig
 from ..methods.base import get_method
 from ..models import create_backbone
-from .seeding import seed_all
+from ..seeding import seed_all
 
 __all__ = ["Built", "build", "build_backbone", "check_method", "new_classifier", "probe_method", "resolve_amp",
            "resolve_device"]

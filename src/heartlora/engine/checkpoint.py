@@ -1,10 +1,11 @@
 """Per-epoch checkpoints, written atomically (:func:`heartlora.fsio.atomic_write`).
 
 A checkpoint holds what the run cannot recompute: the trainable tensors (adapters, classifier,
-anything a method left trainable) and the persistent buffers of the method's layers, the head
-selection (masks, scores), the optimiser state, partial head scores of an unfinished scoring
-phase, RNG states, the last finished epoch and the partial run record. The frozen backbone is
-not stored: it is rebuilt from the config (same name, weights file and seed).
+anything a method left trainable) and the persistent buffers of the method's layers, the state
+of the method's own training schedule (whatever it needs to continue, e.g. Heart-LoRA's head
+masks and partial head measurements), the optimiser state, RNG states, the last finished epoch
+and the partial run record. The frozen backbone is not stored: it is rebuilt from the config
+(same name, weights file and seed).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the method schedule keeps its own state
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

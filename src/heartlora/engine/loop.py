@@ -1,24 +1,22 @@
-"""The training loop: recipe, Heart-LoRA schedule, evaluation, checkpoints and the run record.
+"""The training loop: recipe, evaluation, checkpoints and the run record — for every method.
 
 ``train(config)`` runs one (model, method, data, schedule) cell and returns its run record.
 
-Heart-LoRA schedule (methods whose resolved options have ``select``: heart-lora,
-heart-lora-layer): the first ``score_epochs`` epochs (option of the method; ``None`` → the
-warm-up length, capped to ``epochs - 1`` so at least one epoch trains with the mask, and at
-least 1) train all heads inside ``heartlora.HeadScorer(model, score)``; ``score='ablation'``
-instead measures ``heartlora.ablation_scores`` on ``ablation_batches`` training batches at the
-end of that phase. Then ``heartlora.select_and_apply(model, scores, optimizer)`` switches off
-the least responsive heads (their blocks are removed from the parameters *and* the optimiser
-state) and training continues. With ``restart`` the adapter layers (``reset_parameters``) and
-the classifier are re-initialised and a new optimiser is built; the lr schedule continues on
-the global epoch count. ``score_epochs = 0`` selects before the first epoch.
-Evaluations after epochs with ``(e + 1) % eval_every == 0`` and after the last epoch come
-*after* a selection made at the same epoch, so they measure the adapter that is stored.
+The loop is generic: it knows a method only through the registry. A method with a training
+schedule of its own (``MethodSpec.schedule``, e.g. Heart-LoRA's) is driven through the hooks of
+:class:`heartlora.methods.base.MethodSchedule` — ``on_epoch_start`` / ``on_epoch_end`` (whose
+actions may ask for a fresh optimiser or a fresh learning-rate schedule), ``paused`` around
+evaluation, ``state_dict`` in every checkpoint, ``record`` into the run record. When the schedule
+asks for held-out data (``holdout_fraction``), the loop gives it the validation split on a
+``split=tune`` run, or else a seeded slice of the training set that is then left out of training;
+the test split never reaches it. Evaluations after epochs with ``(e + 1) % eval_every == 0`` and
+after the last epoch come after that epoch's schedule actions, so they measure what is stored.
 
-Reproducibility and resume: see :mod:`heartlora.engine.seeding`. A checkpoint is written after
-every epoch; ``resume=True`` rebuilds the model from the config (same construction order and
-seed), re-applies the saved head selection, loads trainable tensors, optimiser state and
-partial scores, and replays the remaining epochs with the same per-epoch seeds.
+Reproducibility and resume: see :mod:`heartlora.seeding`. A checkpoint is written after every
+epoch; ``resume=True`` rebuilds the model from the config (same construction order and seed),
+restores the schedule's state (which may change the shapes of the trainable tensors), then the
+trainable tensors, optimiser state and RNG states, and replays the remaining epochs with the same
+per-epoch seeds.
 """
 from __future__ import annotations
 
@@ -31,29 +29,20 @@ import platform
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from .. import (
-    HeadScorer,
-    ablation_scores,
-    adapter_bytes,
-    apply_head_selection,
-    get_state,
-    save_adapter,
-    select_and_apply,
-    trainable_parameters,
-)
+from ..adapters_io import adapter_bytes, save_adapter, trainable_parameters
 from ..config import ConfigError, RunConfig
-from ..responsiveness import restore_scoring_state, scoring_paused, scoring_state
-from ..methods.base import adapter_layers
+from ..methods.base import MethodSchedule, ScheduleActions, ScheduleContext, get_method
+from ..methods.factory import get_state
 from ..models import sha256_file
+from ..seeding import capture_rng, derive_seed, restore_rng, seed_all
 from .build import build, check_method, config_diff, method_summary, new_classifier, probe_method, resolve_amp, resolve_device
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -65,7 +54,6 @@ from .checkpoint import (
 )
 from .record import RECORD_FORMAT, RUN_NAME, device_info, peak_memory, protocols, versions, write_json
 from .schedule import CosineSchedule
-from .seeding import capture_rng, derive_seed, restore_rng, seed_all
 
 __all__ = ["ADAPTER_DIR", "BACKBONE_NAME", "evaluate", "train"]
 
@@ -105,12 +93,11 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.d
     model.eval()
     correct = total = 0
     try:
-        with scoring_paused(model):
-            for images, labels in _progress(loader, "eval", progress):
-                with _autocast(device, use_amp):
-                    logits = model(images.to(device, non_blocking=True))
-                correct += int((logits.argmax(dim=-1).cpu() == labels).sum())
-                total += int(labels.numel())
+        for images, labels in _progress(loader, "eval", progress):
+            with _autocast(device, use_amp):
+                logits = model(images.to(device, non_blocking=True))
+            correct += int((logits.argmax(dim=-1).cpu() == labels).sum())
+            total += int(labels.numel())
     finally:
         model.train(was_training)
     return 100.0 * correct / total
@@ -139,57 +126,47 @@ def _train_loader(dataset, config: RunConfig, epoch: int, device: torch.device) 
                       pin_memory=device.type == "cuda")
 
 
-def _heads_plan(model: nn.Module, config: RunConfig) -> dict | None:
-    """The Heart-LoRA schedule for this model, or None when the method does not select heads."""
-    options = get_state(model).options
-    if options.get("select") is None:
-        return None
-    s = config.schedule
-    score_epochs = options.get("score_epochs")
-    if score_epochs is None:
-        score_epochs = max(1, min(s.warmup_epochs, s.epochs - 1))
-    elif score_epochs > s.epochs:
-        raise ConfigError(f"option 'score_epochs'={score_epochs} of method '{config.method.name}': "
-                          f"exceeds the {s.epochs} training epochs")
-    if options.get("restart") and score_epochs >= s.epochs:
-        raise ConfigError(f"option 'restart' of method '{config.method.name}' needs epochs after the scoring: "
-                          f"score_epochs={score_epochs} leaves none of the {s.epochs} epochs to retrain with the mask")
-    if score_epochs == 0:
-        warnings.warn("score_epochs=0: heads are selected before training, from scores of the initial adapter "
-                      "(all zero for a zero-initialised B: ties switch off the lowest head indices)", stacklevel=3)
-    return {"score": options.get("score", "taylor"), "score_epochs": int(score_epochs),
-            "restart": bool(options.get("restart", False))}
-
-
-def _eval_due(epoch: int, config: RunConfig) -> bool:
-    every = config.schedule.eval_every
-    return epoch == config.schedule.epochs - 1 or (every > 0 and (epoch + 1) % every == 0)
-
-
-def _ablation_batches(task, config: RunConfig) -> list:
-    seed_all(derive_seed(config.seed, "ablation"))
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, "ablation-order"))
-    loader = DataLoader(task.train, batch_size=config.schedule.batch_size, shuffle=True, drop_last=False,
+def _first_batches(dataset, count: int, batch_size: int, seed_key: tuple | None) -> list:
+    """``count`` batches of ``dataset``: in a seeded shuffled order (``seed_key``) or in order."""
+    generator = None
+    if seed_key is not None:
+        seed_all(derive_seed(*seed_key))  # augmentation, if any, draws from the global RNGs
+        generator = torch.Generator().manual_seed(derive_seed(*seed_key, "order"))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=seed_key is not None, drop_last=False,
                         num_workers=0, generator=generator)
     batches = []
     for batch in loader:
         batches.append(batch)
-        if len(batches) >= config.schedule.ablation_batches:
+        if len(batches) >= count:
             break
     return batches
 
 
-def _restart(model: nn.Module, config: RunConfig, num_classes: int, device: torch.device) -> torch.optim.Optimizer:
-    """Re-initialise the method's layers and the classifier; a new optimiser."""
-    seed_all(derive_seed(config.seed, "restart"))
-    for name, layer in adapter_layers(model).items():
-        reset = getattr(layer, "reset_parameters", None)
-        if reset is None:
-            raise ConfigError(f"option 'restart': {type(layer).__name__} ({name}) cannot be re-initialised")
-        reset()
-    new_classifier(model, num_classes, config.model.classifier_init)
-    model.to(device)
-    return _make_optimizer(model, config)
+def _held_out(task, config: RunConfig, fraction: float | None) -> tuple[object, object | None, dict | None]:
+    """(training data, held-out data, how it was made) for a method schedule that asks for it.
+
+    A ``split=tune`` run evaluates on the validation split, which is then the held-out data; any
+    other run evaluates on test, so a seeded ``fraction`` of the training set is held out (and not
+    trained on). The test split never serves as held-out data."""
+    if fraction is None:
+        return task.train, None, None
+    if config.data.split == "tune":
+        return task.train, task.eval, {"source": task.manifest.get("eval_split"), "images": len(task.eval),
+                                       "trained_on": False}
+    n = len(task.train)
+    count = min(n - 1, max(1, round(fraction * n)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(config.seed, "holdout")))
+    held, kept = sorted(order[:count].tolist()), sorted(order[count:].tolist())
+    info = {"source": f"seeded hold-out of {task.manifest.get('train_split')}", "fraction": fraction,
+            "images": count, "train_images": n - count, "trained_on": False,
+            "indices_sha256": _indices_digest(held)}
+    return Subset(task.train, kept), Subset(task.train, held), info
+
+
+def _indices_digest(indices: list[int]) -> str:
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()
 
 
 def _install_adapter(model: nn.Module, out: Path, backbone: dict) -> Path:
@@ -224,6 +201,28 @@ def _log(quiet: bool, message: str) -> None:
             print(message, file=sys.stderr)
 
 
+class _LearningRate:
+    """The recipe's per-epoch learning rate; after a schedule's ``restart_lr`` action it starts
+    afresh (warm-up included) over the epochs that remain."""
+
+    def __init__(self, config: RunConfig, restart_epoch: int | None = None):
+        self.config, self.restart_epoch = config, restart_epoch
+        self.base = CosineSchedule.from_config(config.schedule)
+
+    def restart(self, epoch: int) -> None:
+        self.restart_epoch = epoch
+
+    def __call__(self, epoch: int) -> float:
+        if self.restart_epoch is None or epoch < self.restart_epoch:
+            return self.base.lr_for_epoch(epoch)
+        s, start = self.config.schedule, self.restart_epoch
+        rest = CosineSchedule(s.epochs - start, min(s.warmup_epochs, s.epochs - start), s.lr, s.warmup_lr, s.min_lr)
+        return rest.lr_for_epoch(epoch - start)
+
+    def to_dict(self) -> dict:
+        return {**self.base.to_dict(), "restarted_at_epoch": self.restart_epoch}
+
+
 # -------------------------------------------------------------------------------- training
 def _train_epoch(model, loader, optimizer, device, use_amp, show, desc, lr) -> tuple[float, int, float]:
     model.train()
@@ -255,12 +254,10 @@ def _train_epoch(model, loader, optimizer, device, use_amp, show, desc, lr) -> t
 def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: dict | None = None) -> dict:
     """Train one run and return its record (also written to ``config.out/run.json``).
 
-    ``execution`` (e.g. ``{"executor": "ray", "node": ...}`` from a sweep executor) is merged into
-    the record's ``execution`` block, which says how the run ran (executor, world size, nodes).
-
     ``callbacks`` are called as ``fn(epoch, entry)`` after each epoch's checkpoint is written
     (``entry`` is that epoch's curve point); an exception raised there stops the run like a
-    kill would, leaving a resumable checkpoint.
+    kill would, leaving a resumable checkpoint. ``execution`` (e.g. ``{"executor": "ray", "node": ...}``
+    from a sweep executor) is merged into the record's ``execution`` block, which says how the run ran.
     """
     config = copy.deepcopy(config).validate()
     check_method(config.method)
@@ -294,17 +291,36 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
     # the compiled module shares the parameters; checkpoints and evaluation use ``model`` itself
     forward = torch.compile(model) if config.compile else model
     s = config.schedule
-    if s.drop_last and len(task.train) < s.batch_size:
+    schedule_cls = get_method(config.method.name).schedule
+    held_out_share = schedule_cls.holdout_fraction(get_state(model).options) if schedule_cls else None
+    train_data, held_out, held_out_info = _held_out(task, config, held_out_share)
+    if s.drop_last and len(train_data) < s.batch_size:
         raise ConfigError(f"option 'batch_size': {s.batch_size} with drop_last, but the train split of '{task.name}' "
-                          f"has only {len(task.train)} images, so no batch is left; lower --batch-size or pass --no-drop-last")
+                          f"has only {len(train_data)} images, so no batch is left; lower --batch-size or pass --no-drop-last")
     weights_sha256 = sha256_file(config.model.weights) if config.model.weights else None
-    schedule = CosineSchedule.from_config(s)
-    plan = _heads_plan(model, config)
+    learning_rate = _LearningRate(config)
     optimizer = _make_optimizer(model, config)
-    progress = {"epoch": -1, "curve": [], "evaluations": [], "selected": False, "restarted": False,
-                "train_images": 0, "train_seconds": 0.0, "wall_seconds": 0.0, "peak_memory": 0,
-                "resumed_at": [], "started_at": started_at}
-    pending_scores = None
+    eval_batch = s.eval_batch_size or s.batch_size
+
+    def reset_classifier() -> None:
+        new_classifier(model, built.num_classes, config.model.classifier_init)
+        model.to(device)
+
+    schedule: MethodSchedule | None = None
+    if schedule_cls is not None:
+        try:
+            schedule = schedule_cls(model, ScheduleContext(
+                epochs=s.epochs, warmup_epochs=s.warmup_epochs, seed=config.seed,
+                train_batches=lambda n: _first_batches(train_data, n, s.batch_size, (config.seed, "method-batches")),
+                validation_batches=None if held_out is None else (lambda n: _first_batches(held_out, n, eval_batch, None)),
+                validation_accuracy=None if held_out is None else (lambda: evaluate(
+                    model, held_out, eval_batch, device=device, workers=config.data.workers, amp=use_amp)),
+                validation_info=held_out_info, reset_classifier=reset_classifier), optimizer)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    progress = {"epoch": -1, "curve": [], "evaluations": [], "train_images": 0, "train_seconds": 0.0,
+                "wall_seconds": 0.0, "peak_memory": 0, "resumed_at": [], "started_at": started_at,
+                "lr_restarted_at": None}
     if checkpoint is not None:
         source = str(out / CHECKPOINT_NAME)
         if checkpoint["manifest_hash"] != task.manifest_hash:
@@ -313,51 +329,37 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
         if checkpoint["weights_sha256"] != weights_sha256:
             raise ValueError(f"{source}: the backbone weights differ from those of the run being resumed "
                              f"(sha256 {weights_sha256}, checkpoint {checkpoint['weights_sha256']})")
-        heads = checkpoint["adapter_state"]
-        if heads.get("head_masks"):
-            apply_head_selection(model, [torch.tensor(m) for m in heads["head_masks"]], scores=heads.get("scores"))
-            get_state(model).selection = heads.get("selection") or {}
+        if schedule is not None:
+            schedule.load_state_dict(checkpoint["method_schedule"] or {})  # may reshape trainable tensors
         restore_model_state(model, checkpoint["model"], source)
+        optimizer = _make_optimizer(model, config)
         optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng(checkpoint["rng"])
         progress = checkpoint["progress"]
         progress["resumed_at"] = progress["resumed_at"] + [progress["epoch"] + 1]
-        pending_scores = checkpoint.get("scoring")
+        learning_rate.restart_epoch = progress.get("lr_restarted_at")
         _log(config.quiet, f"resuming {out} after epoch {progress['epoch'] + 1}/{s.epochs}")
+    if schedule is not None:
+        schedule.attach_optimizer(optimizer)
     prior_wall = progress["wall_seconds"]
     show_bar = not config.quiet and sys.stderr.isatty()
 
-    scorer: HeadScorer | None = None
-
-    def select(epoch: int) -> str:
-        """Fix the head mask after ``epoch`` (-1: before training); returns the log line."""
-        nonlocal scorer, optimizer
-        if plan["score"] == "ablation":
-            scores = ablation_scores(model, _ablation_batches(task, config))
-        elif scorer is not None:
-            scores = scorer.scores()
-            scorer.close()
-            scorer = None
-        else:  # score_epochs == 0
-            with HeadScorer(model, plan["score"]) as fresh:
-                scores = fresh.scores()
-        select_and_apply(model, scores, optimizer)
-        progress["selected"] = True
-        progress["selected_after_epoch"] = epoch
-        off = get_state(model).selection.get("switched_off")
-        if plan["restart"]:
-            optimizer = _restart(model, config, built.num_classes, device)
-            progress["restarted"] = True
-        when = "before training" if epoch < 0 else f"after epoch {epoch + 1}"
-        return (f"head selection ({plan['score']}, {get_state(model).options.get('select')}) {when}: "
-                f"switched off {off}" + ("; adapters re-initialised" if plan["restart"] else ""))
+    def act(actions: ScheduleActions, epoch: int) -> list[str]:
+        """Carry out what a schedule hook asked for; returns its log lines."""
+        nonlocal optimizer
+        if actions.rebuild_optimizer:
+            optimizer = _make_optimizer(model, config)
+            schedule.attach_optimizer(optimizer)
+        if actions.restart_lr:
+            learning_rate.restart(epoch + 1)
+            progress["lr_restarted_at"] = epoch + 1
+        return list(actions.messages)
 
     def save(epoch: int) -> None:
         progress["wall_seconds"] = prior_wall + (time.perf_counter() - segment_start)
         progress["peak_memory"] = max(progress["peak_memory"], peak_memory(device)["bytes"] or 0)
         if out is None:
             return
-        state = get_state(model)
         out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out / CHECKPOINT_NAME, {
             "format_version": FORMAT_VERSION,
@@ -365,42 +367,37 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
             "manifest_hash": task.manifest_hash,
             "weights_sha256": weights_sha256,
             "model": model_state(model),
-            "adapter_state": {"head_masks": state.head_masks, "scores": state.scores, "selection": state.selection},
+            "method_schedule": schedule.state_dict() if schedule is not None else None,
             "optimizer": optimizer.state_dict(),
-            "scheduler": {**schedule.to_dict(), "last_epoch": epoch},
-            "scoring": scoring_state(model) if scorer is not None else None,
+            "scheduler": {**learning_rate.to_dict(), "last_epoch": epoch},
             # global RNGs, and the next epoch's shuffling seed (each epoch draws its own order)
             "rng": {**capture_rng(), "loader_order_seed": derive_seed(config.seed, "order", epoch + 1)},
             "progress": progress,
         })
 
+    paused = schedule.paused if schedule is not None else contextlib.nullcontext
     try:
-        if plan and not progress["selected"] and plan["score_epochs"] == 0:
-            _log(config.quiet, select(-1))
         for epoch in range(progress["epoch"] + 1, s.epochs):
-            lr = schedule.lr_for_epoch(epoch)
+            notes = act(schedule.on_epoch_start(epoch), epoch - 1) if schedule is not None else []
+            lr = learning_rate(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            scoring = bool(plan) and not progress["selected"] and epoch < plan["score_epochs"]
-            if scoring and plan["score"] != "ablation" and scorer is None:
-                scorer = HeadScorer(model, plan["score"])
-                if pending_scores:
-                    restore_scoring_state(model, pending_scores)
-            pending_scores = None
             seed_all(derive_seed(config.seed, "epoch", epoch))
-            loader = _train_loader(task.train, config, epoch, device)
+            loader = _train_loader(train_data, config, epoch, device)
             desc = f"epoch {epoch + 1}/{s.epochs}"
             loss, images, seconds = _train_epoch(forward, loader, optimizer, device, use_amp, show_bar, desc, lr)
-            entry = {"epoch": epoch, "lr": lr, "train_loss": loss, "phase": "score" if scoring else "train",
+            entry = {"epoch": epoch, "lr": lr, "train_loss": loss,
+                     "phase": schedule.phase(epoch) if schedule is not None else "train",
                      "images": images, "seconds": round(seconds, 4),
                      "images_per_s": round(images / seconds, 2) if seconds > 0 else None, "eval_accuracy": None}
-            selection_note = None
-            if scoring and epoch == plan["score_epochs"] - 1:
-                selection_note = select(epoch)
-                entry["selection"] = True
-            if _eval_due(epoch, config):
-                accuracy = evaluate(model, task.eval, s.eval_batch_size or s.batch_size, device=device,
-                                    workers=config.data.workers, amp=use_amp, progress=show_bar)
+            if schedule is not None:
+                notes += act(schedule.on_epoch_end(epoch), epoch)
+            if notes:
+                entry["events"] = notes
+            if epoch == s.epochs - 1 or (s.eval_every > 0 and (epoch + 1) % s.eval_every == 0):
+                with paused():
+                    accuracy = evaluate(model, task.eval, eval_batch, device=device, workers=config.data.workers,
+                                        amp=use_amp, progress=show_bar)
                 entry["eval_accuracy"] = accuracy
                 progress["evaluations"].append({"epoch": epoch, "accuracy": accuracy})
             progress["curve"].append(entry)
@@ -409,17 +406,16 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
             progress["epoch"] = epoch
             acc_text = f"  acc {entry['eval_accuracy']:.2f}" if entry["eval_accuracy"] is not None else ""
             _log(config.quiet, f"{desc}  loss {loss:.4f}  lr {lr:.3e}  {entry['images_per_s'] or 0:.1f} img/s{acc_text}")
-            if selection_note:
-                _log(config.quiet, selection_note)
+            for note in notes:
+                _log(config.quiet, note)
             save(epoch)
             for callback in callbacks:
                 callback(epoch, entry)
     finally:
-        if scorer is not None:
-            scorer.close()
+        if schedule is not None:
+            schedule.close()
 
     save(progress["epoch"])  # refresh wall time / peak memory
-    state = get_state(model)
     record = {
         "format_version": RECORD_FORMAT,
         "status": "complete",
@@ -435,20 +431,14 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
         "method": method_summary(model),
         "data": {"kind": config.data.kind, "root": config.data.root, "task": task.name, "split": config.data.split,
                  "train_split": task.manifest.get("train_split"), "eval_split": task.manifest.get("eval_split"),
-                 "num_classes": task.num_classes, "train_images": len(task.train), "eval_images": len(task.eval),
+                 "num_classes": task.num_classes, "train_images": len(train_data), "eval_images": len(task.eval),
+                 "held_out": held_out_info,
                  "manifest_hash": task.manifest_hash, "manifest": task.manifest, "warnings": list(task.warnings)},
-        "schedule": schedule.to_dict(),
+        "schedule": learning_rate.to_dict(),
         "curve": progress["curve"],
         "evaluations": progress["evaluations"],
         "protocols": protocols(progress["evaluations"], config.data.split),
-        "heads": None if plan is None else {
-            **plan,
-            "select": state.options.get("select"), "ne": state.options.get("ne"),
-            "fraction": state.options.get("fraction"),
-            "selected_after_epoch": progress.get("selected_after_epoch"),
-            "switched_off": state.selection.get("switched_off"),
-            "head_masks": state.head_masks, "scores": state.scores,
-        },
+        **(schedule.record() if schedule is not None else {}),
         "trainable_parameters": {"with_classifier": trainable_parameters(model),
                                  "without_classifier": trainable_parameters(model, include_classifier=False)},
         "adapter_bytes": {"with_classifier": adapter_bytes(model),
@@ -466,7 +456,8 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
     if out is not None:
         backbone = {"model": config.model.name, "weights": config.model.weights, "weights_sha256": weights_sha256,
                     "kwargs": config.model.kwargs, "img_size": config.data.image_size, "seed": config.seed,
-                    "drop_path": config.model.drop_path, "normalize": config.data.normalize}
+                    "drop_path": config.model.drop_path, "normalize": config.data.normalize,
+                    "class_names": task.classes}
         _install_adapter(model, out, backbone)
         record["files"] = {"adapter": ADAPTER_DIR, "checkpoint": CHECKPOINT_NAME, "run": RUN_NAME}
         record["adapter_file_bytes"] = (out / ADAPTER_DIR / "adapter.safetensors").stat().st_size

@@ -1,8 +1,9 @@
 """The run record (``run.json``, DESIGN §6): what a run was and what it measured.
 
 Reports read only run records, so a record is self-contained: config, versions, device, seed,
-data manifest hash, the per-epoch curve, both protocol numbers, the head selection, parameter
-and byte counts, peak memory, throughput and wall time. It is written once, atomically, when
+data manifest hash, the per-epoch curve, both protocol numbers, the blocks of the method's own
+schedule (Heart-LoRA's ``heads``), parameter and byte counts, peak memory, throughput and wall
+time. It is written once, atomically, when
 the run has finished; an unfinished run has a checkpoint and no ``run.json``.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .checkpoint import atomic_write_bytes
 __all__ = ["RECORD_FORMAT", "RUN_NAME", "device_info", "git_commit", "peak_memory", "protocols", "versions", "write_json"]
 
 RUN_NAME = "run.json"
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: blocks of a method schedule (e.g. "heads") only for methods that have one
 
 
 def write_json(path: str | os.PathLike, value: dict) -> None:
@@ -45,7 +46,7 @@ def versions() -> dict:
     import numpy
     import timm
 
-    from .. import __version__
+    from ..version import __version__
 
     return {
         "heartlora": __version__, "torch": torch.__version__, "timm": timm.__version__,

@@ -1,15 +1,18 @@
-"""The method registry and the interface every method's layers share.
+"""The method registry and the interfaces every method shares.
 
-A method is a config dataclass + layers + an apply function (PEFT's shape). Save, load, merge
-and byte counting are generic: they only talk to :class:`AdapterLayer` and to the parameters a
-method leaves trainable.
+A method is a config dataclass + layers + an apply function (PEFT's shape), and optionally its
+own training schedule. Save, load, merge and byte counting are generic: they only talk to
+:class:`AdapterLayer` and to the parameters a method leaves trainable. A training loop talks to
+a method's schedule only through the hooks of :class:`MethodSchedule` (PEFT's AdaLoRA shape:
+the method keeps its schedule, the loop calls its hooks), so no loop knows a method by name.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -41,6 +44,96 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} cannot be merged into the backbone")
 
 
+Batches = list  # [(images, labels), ...]
+
+
+@dataclass
+class ScheduleContext:
+    """What a training loop tells a method's schedule. Data reach the schedule only as callables
+    (batches, an accuracy), so methods never see a dataset, and never the test split."""
+
+    epochs: int
+    warmup_epochs: int = 0
+    seed: int = 0
+    # n training batches drawn with the run's seed (e.g. for scores measured on training data)
+    train_batches: Callable[[int], Batches] | None = None
+    # n batches of held-out data (a validation split, or a hold-out slice of the training set)
+    validation_batches: Callable[[int], Batches] | None = None
+    # top-1 accuracy (%) of the model as it is now on the held-out data
+    validation_accuracy: Callable[[], float] | None = None
+    # how the held-out data were made, for the run record
+    validation_info: dict | None = None
+    # re-create the classifier the way the loop made it (None: reset its layers' parameters)
+    reset_classifier: Callable[[], None] | None = None
+
+
+@dataclass
+class ScheduleActions:
+    """What a hook asks the loop to do before the next step."""
+
+    rebuild_optimizer: bool = False  # the trainable parameters were re-initialised: a fresh optimiser
+    restart_lr: bool = False  # start the learning-rate schedule afresh from the next epoch
+    messages: list[str] = field(default_factory=list)  # lines for the loop's log
+
+    def __bool__(self) -> bool:
+        return self.rebuild_optimizer or self.restart_lr or bool(self.messages)
+
+
+class MethodSchedule:
+    """A method's own training schedule, driven by any training loop through these hooks::
+
+        schedule = SomeSchedule(model, ScheduleContext(epochs=E, ...), optimizer)
+        for epoch in range(E):
+            schedule.on_epoch_start(epoch)         # act on what it returns, as below
+            ...train one epoch...
+            actions = schedule.on_epoch_end(epoch)
+            if actions.rebuild_optimizer: optimizer = make(); schedule.attach_optimizer(optimizer)
+            with schedule.paused(): ...evaluate...
+
+    ``state_dict``/``load_state_dict`` carry it through checkpoints (load before the model's
+    trainable tensors: the schedule may change their shapes); ``record`` gives the blocks it adds to
+    a run record. The base class is a schedule that does nothing.
+    """
+
+    def __init__(self, model: nn.Module, context: ScheduleContext, optimizer: Any = None):
+        self.model, self.context, self.optimizer = model, context, optimizer
+
+    @classmethod
+    def holdout_fraction(cls, options: dict) -> float | None:
+        """Fraction of the training set the loop must hold out for ``validation_*`` when the run's
+        own evaluation split is the test split; ``None``: this schedule needs no held-out data."""
+        return None
+
+    def attach_optimizer(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+
+    def on_epoch_start(self, epoch: int) -> ScheduleActions:
+        return ScheduleActions()
+
+    def on_epoch_end(self, epoch: int) -> ScheduleActions:
+        return ScheduleActions()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes inside (evaluation) are not part of the schedule's measurements."""
+        yield
+
+    def phase(self, epoch: int) -> str:
+        return "train"
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def record(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class MethodSpec:
     name: str
@@ -53,6 +146,11 @@ class MethodSpec:
     # Whether the adapted model equals the backbone at init, given the resolved options
     # (e.g. quantised B starts non-zero). The test matrix holds every method to this.
     identity_at_init: Callable[[dict], bool] = lambda options: True
+    # The method's own training schedule (a MethodSchedule subclass), or None.
+    schedule: type | None = None
+    # Capabilities, declared once: the method switches off attention heads (head masks and
+    # responsiveness scores in its adapter and run record).
+    selects_heads: bool = False
 
     def option_defaults(self) -> dict:
         base = {f.name: f.default for f in dataclasses.fields(self.config_cls)}
@@ -110,7 +208,12 @@ def _coerce(value: Any, hint: Any, key: str, method: str) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)) and args:
         if isinstance(value, str) and value.lower() in ("none", "null", ""):
             return None
-        return _coerce(value, args[0], key, method)
+        for candidate in args[:-1]:  # e.g. Union[int, str]: an int if it is one, else the string
+            try:
+                return _coerce(value, candidate, key, method)
+            except ValueError:
+                continue
+        return _coerce(value, args[-1], key, method)
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(i).strip() for i in items if str(i).strip())
@@ -124,11 +227,16 @@ def _coerce(value: Any, hint: Any, key: str, method: str) -> Any:
                 raise ValueError(value)
             return bool(value)
         if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)  # `ne: true` is not 1
             return int(value)
         if hint is float:
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError(value)  # nan / inf are never valid option values
+            return number
         if hint is str:
             return str(value)
     except (TypeError, ValueError):

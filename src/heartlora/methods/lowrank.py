@@ -1,4 +1,5 @@
-"""Low-rank adaptation of the fused qkv projection, head by head: LoRA, Bi-LoRA and Heart-LoRA.
+"""Low-rank adaptation of the fused qkv projection, head by head: LoRA and Bi-LoRA (Heart-LoRA
+builds on this layer in :mod:`heartlora.methods.heart_lora`).
 
 ``Δ = s · B · Drop(A · x)`` is added to the q/k/v rows chosen by ``targets``. B is kept per head
 (``lora_B[t, h]`` ∈ R^{d_h×r}) and only the *active* heads exist as parameters, so a
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +18,6 @@ from torch import nn
 from ..heads import TARGET_INDEX, AttentionSite, find_attention_sites
 from . import quant
 from .base import AdapterLayer, MethodSpec, register, replace_module
-
-SCORE_KINDS = ("taylor", "weight", "activation", "ablation")
-# global / layer / fraction / stage select by responsiveness; first, random and reverse are the controls for the
-# claim that responsiveness matters (the paper's Figure 3): heads 0..ne-1, a seeded random set, the most responsive
-SELECT_KINDS = ("global", "layer", "fraction", "stage", "first", "random", "reverse")
 
 
 def round_half_up(x: float) -> int:
@@ -50,71 +45,6 @@ class LoRAConfig:
                 "non-empty subset of q,k,v without repeats"
             )
         self.targets = tuple(t for t in "qkv" if t in self.targets)  # canonical order
-
-
-@dataclass
-class HeartLoRAConfig(LoRAConfig):
-    ne: Optional[int] = None  # heads switched off per layer; default round(H/4)
-    fraction: Optional[float] = None  # switch off round(fraction·H_l) heads per layer instead
-    score: str = "taylor"
-    select: Optional[str] = None  # global | layer | fraction; default from the method
-    score_epochs: Optional[int] = None  # None: the schedule's warm-up length
-    restart: bool = False  # re-initialise and retrain from scratch once the mask is fixed
-    normalize: bool = False  # scale each layer's scores to sum 1 before accumulating
-    select_seed: int = 0  # seed of select='random'
-
-    def validate(self, method: str) -> None:
-        super().validate(method)
-        if self.score not in SCORE_KINDS:
-            raise ValueError(f"option 'score'={self.score!r} of method '{method}': expected one of {SCORE_KINDS}")
-        if self.select is not None and self.select not in SELECT_KINDS:
-            raise ValueError(f"option 'select'={self.select!r} of method '{method}': expected one of {SELECT_KINDS}")
-        if self.ne is not None and self.fraction is not None:
-            raise ValueError(f"method '{method}': give either option 'ne' or option 'fraction', not both")
-        if self.ne is not None and self.ne < 0:
-            raise ValueError(f"option 'ne'={self.ne} of method '{method}': expected >= 0")
-        if self.fraction is not None and not 0.0 <= self.fraction < 1.0:
-            raise ValueError(f"option 'fraction'={self.fraction} of method '{method}': expected 0 <= fraction < 1")
-        if self.score_epochs is not None and self.score_epochs < 0:
-            raise ValueError(f"option 'score_epochs'={self.score_epochs} of method '{method}': expected >= 0")
-
-    def resolve(self, sites: list[AttentionSite], method: str) -> None:
-        """Fill the defaults that depend on the backbone's head counts."""
-        heads = [s.num_heads for s in sites]
-        uniform = len(set(heads)) == 1
-        if self.fraction is not None and self.select in (None, "layer"):
-            self.select = "fraction"  # a fraction of each layer's own heads is per-layer selection
-        if self.select == "fraction":
-            if self.ne is not None:
-                raise ValueError(f"method '{method}': select='fraction' takes option 'fraction', not 'ne'")
-            if self.fraction is None:
-                self.fraction = 0.25
-            return
-        if self.fraction is not None:
-            raise ValueError(f"method '{method}': option 'fraction' needs select='fraction' (got select='{self.select}')")
-        if self.ne is None and not uniform:
-            if self.select not in (None, "layer"):
-                raise ValueError(
-                    f"method '{method}': select='{self.select}' needs option 'ne' on this backbone, whose head "
-                    f"counts differ per layer ({sorted(set(heads))})"
-                )
-            # Swin: heads differ per stage, so a head count cannot be shared across layers.
-            self.select, self.fraction = "fraction", 0.25
-            return
-        if self.select is None:
-            self.select = "global"
-        if self.ne is None:
-            self.ne = round_half_up(heads[0] / 4)
-        if self.select == "global" and not uniform:
-            raise ValueError(
-                f"method '{method}': select='global' needs the same number of heads in every layer; "
-                f"this backbone has {sorted(set(heads))} — use option 'fraction' (select='fraction')"
-            )
-        if self.ne >= min(heads):
-            raise ValueError(
-                f"option 'ne'={self.ne} of method '{method}': must be smaller than the number of heads "
-                f"in every layer (smallest: {min(heads)})"
-            )
 
 
 class LowRankQKV(AdapterLayer):
@@ -356,9 +286,11 @@ class LowRankQKV(AdapterLayer):
         self.prequantized, self._stored_cache = True, cache
         self._loaded_versions = (self.lora_A._version, self.lora_B._version)
 
-    def stored_nbytes(self) -> int:
-        """Closed-form stored size; equals the bytes of ``stored_tensors()``."""
+    def stored_nbytes(self, active_heads: int | None = None) -> int:
+        """Closed-form stored size; equals the bytes of ``stored_tensors()``. With
+        ``active_heads``: the size this layer would have with that many heads kept."""
         n, h, dh, r = self.lora_B.shape
+        h = h if active_heads is None else active_heads
         sizes = (r * self.site.in_dim, h * dh * r)
         if self.bits >= 32:
             return 4 * n * sum(sizes)
@@ -393,8 +325,9 @@ def _full_precision(options: dict) -> bool:
 
 def apply_lowrank(model: nn.Module, config: LoRAConfig, method: str) -> None:
     sites = find_attention_sites(model)
-    if isinstance(config, HeartLoRAConfig):
-        config.resolve(sites, method)
+    resolve = getattr(config, "resolve", None)  # options that depend on the head counts (Heart-LoRA)
+    if resolve is not None:
+        resolve(sites, method)
     for site in sites:
         qkv = model.get_submodule(site.qkv_name)
         replace_module(model, site.qkv_name, LowRankQKV(qkv, site, config))
@@ -402,7 +335,6 @@ def apply_lowrank(model: nn.Module, config: LoRAConfig, method: str) -> None:
 
 LORA_PAPER = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
 BILORA_PAPER = "Jie et al., Revisiting the Parameter Efficiency of Adapters from the Perspective of Precision Redundancy, ICCV 2023"
-HEART_PAPER = "Zhong & Zhou, Rethinking Low-Rank Adaptation in Vision: Exploring Head-Level Responsiveness across Diverse Tasks, arXiv 2404.08894"
 
 register(MethodSpec(
     "lora", LoRAConfig, apply_lowrank,
@@ -412,14 +344,4 @@ register(MethodSpec(
     "bilora", LoRAConfig, apply_lowrank,
     "LoRA with standard-normal-codebook quantised A and B (straight-through)", BILORA_PAPER,
     mergeable=True, defaults={"rank": 32, "bits": 1}, identity_at_init=_full_precision,
-))
-register(MethodSpec(
-    "heart-lora", HeartLoRAConfig, apply_lowrank,
-    "LoRA on task-responsive heads only; global selection (same heads off in every layer)",
-    HEART_PAPER, mergeable=True, identity_at_init=_full_precision,
-))
-register(MethodSpec(
-    "heart-lora-layer", HeartLoRAConfig, apply_lowrank,
-    "Heart-LoRA† : each layer switches off its own least responsive heads", HEART_PAPER,
-    mergeable=True, defaults={"select": "layer"}, identity_at_init=_full_precision,
 ))

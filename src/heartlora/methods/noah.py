@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fsio import atomic_write
 from ..heads import TARGET_INDEX
 from .base import AdapterLayer, MethodSpec, register, replace_module
 from .prompts import PromptedSequential, vit_token_blocks, vpt_init_bound
@@ -523,11 +524,12 @@ def run_noah(backbone: Callable[[], nn.Module], train: Callable[[nn.Module, str]
     3. retrain: ``apply(backbone(), "noah", **options, subnet=best)``; ``train(model, "retrain")``.
 
     ``backbone()`` must build the same (pretrained) backbone each call. With ``out_dir`` the search
-    result goes to ``out_dir/noah_search.json`` and the retrained adapter to ``out_dir/adapter``.
+    result goes to ``out_dir/noah_search.json``; save the retrained model with
+    ``heartlora.save_adapter(result["model"], ...)`` (the adapter folder's one owner).
     Returns the retrained model, the supernet, the search result, its final ``score`` and the
     wall time of each phase (s).
     """
-    from . import apply  # the registry's apply (late import: the package imports this module)
+    from .factory import apply  # late import: the registry imports this module
 
     options = dict(options or {})
     options.pop("subnet", None)
@@ -554,12 +556,9 @@ def run_noah(backbone: Callable[[], nn.Module], train: Callable[[nn.Module, str]
         final = float(evaluate(model))
 
     if out_dir is not None:
-        from ..adapters_io import save_adapter
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         summary = {k: v for k, v in result.items() if k != "candidates"}
-        (out_dir / "noah_search.json").write_text(json.dumps({**summary, "timings": timings}, indent=2))
-        save_adapter(model, out_dir / "adapter")
+        atomic_write(out_dir / "noah_search.json", json.dumps({**summary, "timings": timings}, indent=2).encode())
     return {"model": model, "supernet": supernet, "search": result, "subnet": result["subnet"],
             "score": final, "timings": timings}

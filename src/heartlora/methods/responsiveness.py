@@ -1,6 +1,8 @@
 """Head responsiveness: scores per (layer, head), head selection, and applying a selection.
 
 Scores are lists with one tensor per attention block (Swin's head counts differ per stage).
+Heart-LoRA's training schedule (:mod:`heartlora.methods.heart_schedule`) drives these pieces;
+they are public for loops and analyses of one's own.
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .methods import get_state
-from .methods.lowrank import LowRankQKV, lowrank_layers, round_half_up
+from ..heads import stages
+from .base import get_method
+from .factory import get_state
+from .lowrank import LowRankQKV, lowrank_layers, round_half_up
 
 log = logging.getLogger(__name__)
 
@@ -136,24 +140,49 @@ def ablation_scores(
     return scores
 
 
+def heads_off_counts(heads: Sequence[int], ne: int | Sequence[int] | None = None,
+                     fraction: float | None = None) -> list[int]:
+    """Heads to switch off in each layer: ``ne`` (one count, or one per layer) or
+    ``round(fraction · H_l)``; at least one head stays active in every layer."""
+    if fraction is not None:
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"option 'fraction'={fraction!r}: expected 0 <= fraction < 1")
+        return [min(round_half_up(fraction * h), h - 1) for h in heads]
+    if ne is None:
+        raise ValueError("select_heads needs option 'ne' or option 'fraction'")
+    counts = [ne] * len(heads) if isinstance(ne, int) else list(ne)
+    if len(counts) != len(heads):
+        raise ValueError(f"got {len(counts)} head counts for {len(heads)} attention blocks")
+    for layer, (count, h) in enumerate(zip(counts, heads)):
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < h:
+            raise ValueError(f"option 'ne'={count!r}: expected 0 <= ne < {h} (heads of attention block {layer})")
+    return counts
+
+
 def select_heads(
     scores: Sequence[torch.Tensor],
-    ne: int | None = None,
+    ne: int | Sequence[int] | None = None,
     select: str = "global",
     fraction: float | None = None,
     normalize: bool = False,
     seed: int = 0,
+    stages: Sequence[int] | None = None,
 ) -> list[torch.Tensor]:
     """Boolean masks (True = active) per layer. The least responsive heads are switched off;
     ties go to the lower head index, so the result is deterministic.
 
-    Controls: ``first`` switches off heads 0..ne-1, ``random`` a set of ``ne`` heads drawn with
-    ``seed`` (the same set in every layer, like ``global``), ``reverse`` the ``ne`` *most*
-    responsive heads under global accumulation (ties: lower index)."""
+    ``global`` accumulates scores over all layers (``R[h] = Σ_l r[l,h]``) and switches off the same
+    heads everywhere; ``stage`` does the same within each stage (``stages``: stage index per layer,
+    e.g. Swin's, whose stages differ in head count; one stage = ``global``); ``layer`` (and its
+    alias ``fraction``) lets each layer switch off its own. How many: ``ne`` (a count, or one
+    per layer) or ``fraction`` of each layer's heads. Controls: ``first`` switches off heads
+    0..ne-1, ``random`` a set drawn with ``seed`` (the same in every layer, like ``global``),
+    ``reverse`` the *most* responsive heads under global accumulation (ties: lower index)."""
     scores = [torch.as_tensor(s, dtype=torch.float64).flatten().cpu() for s in scores]
     if normalize:
         scores = [s / s.abs().sum() if s.abs().sum() > 0 else s for s in scores]  # ablation scores can be < 0
     heads = [s.numel() for s in scores]
+    counts = heads_off_counts(heads, ne, fraction)
 
     def lowest(values: torch.Tensor, count: int) -> list[int]:
         order = sorted(range(values.numel()), key=lambda h: (float(values[h]), h))
@@ -164,49 +193,61 @@ def select_heads(
         mask[off] = False
         return mask
 
-    if select == "global":
-        if len(set(heads)) != 1:
-            raise ValueError(f"select='global' needs equal head counts per layer, got {heads}; use select='fraction'")
-        count = _check_ne(ne, min(heads))
-        off = lowest(torch.stack(scores).sum(dim=0), count)
-        masks = [mask_without(h, off) for h in heads]
-    elif select == "layer":
-        count = _check_ne(ne, min(heads))
-        masks = [mask_without(s.numel(), lowest(s, count)) for s in scores]
+    def shared_count() -> int:
+        if len(set(heads)) != 1 or len(set(counts)) != 1:
+            raise ValueError(f"select='{select}' needs the same head count in every layer (got {heads} heads, "
+                             f"{counts} off); use select='stage' or select='layer'")
+        return counts[0]
+
+    if select in ("layer", "fraction"):
+        masks = [mask_without(h, lowest(s, c)) for s, h, c in zip(scores, heads, counts)]
+    elif select in ("global", "stage"):
+        groups = [0] * len(scores) if select == "global" or stages is None else list(stages)
+        if len(groups) != len(scores):
+            raise ValueError(f"got {len(groups)} stage indices for {len(scores)} attention blocks")
+        masks = [None] * len(scores)
+        for group in dict.fromkeys(groups):
+            members = [i for i, g in enumerate(groups) if g == group]
+            if len({heads[i] for i in members}) != 1 or len({counts[i] for i in members}) != 1:
+                raise ValueError(f"select='{select}' needs equal head counts within a stage, got "
+                                 f"{[heads[i] for i in members]} heads, {[counts[i] for i in members]} off; "
+                                 "use select='layer'" + (" or select='stage'" if select == "global" else ""))
+            off = lowest(torch.stack([scores[i] for i in members]).sum(dim=0), counts[members[0]])
+            for i in members:
+                masks[i] = mask_without(heads[i], off)
     elif select == "first":
         # the paper's arbitrary-deactivation control (Figure 3): scores are ignored
-        count = _check_ne(ne, min(heads))
+        count = shared_count()
         masks = [mask_without(h, list(range(count))) for h in heads]
     elif select == "random":
-        if len(set(heads)) != 1:
-            raise ValueError(f"select='random' needs equal head counts per layer, got {heads}")
-        count = _check_ne(ne, min(heads))
+        count = shared_count()
         generator = torch.Generator().manual_seed(int(seed))
         off = sorted(torch.randperm(heads[0], generator=generator)[:count].tolist())
         masks = [mask_without(h, off) for h in heads]
     elif select == "reverse":
-        if len(set(heads)) != 1:
-            raise ValueError(f"select='reverse' needs equal head counts per layer, got {heads}")
-        count = _check_ne(ne, min(heads))
+        count = shared_count()
         off = lowest(-torch.stack(scores).sum(dim=0), count)
         masks = [mask_without(h, off) for h in heads]
-    elif select == "fraction":
-        if fraction is None or not 0.0 <= fraction < 1.0:
-            raise ValueError(f"select='fraction' needs option 'fraction' in [0, 1), got {fraction!r}")
-        # at least one head stays active in every layer
-        masks = [mask_without(s.numel(), lowest(s, min(round_half_up(fraction * s.numel()), s.numel() - 1)))
-                 for s in scores]
     else:
-        raise ValueError(f"option 'select'={select!r}: expected global, layer, fraction, first, random or reverse")
+        raise ValueError(f"option 'select'={select!r}: expected global, stage, layer, fraction, first, random or reverse")
     log.info("head selection (%s): switched off %s", select,
              [torch.nonzero(~m).flatten().tolist() for m in masks])
     return masks
 
 
-def _check_ne(ne: int | None, min_heads: int) -> int:
-    if ne is None or ne < 0 or ne >= min_heads:
-        raise ValueError(f"option 'ne'={ne!r}: expected 0 <= ne < {min_heads} (heads per layer)")
-    return ne
+def heads_in_order(scores: Sequence[torch.Tensor], select: str = "global", stages: Sequence[int] | None = None,
+                   seed: int = 0) -> list[list[int]]:
+    """Per layer, every head from the first to the last to be switched off under ``select``:
+    ``select_heads(..., ne=k)`` switches off the first ``k`` of each list (used by ``ne=auto``)."""
+    heads = [torch.as_tensor(s).numel() for s in scores]
+    order: list[list[int]] = [[] for _ in heads]
+    previous = [torch.ones(h, dtype=torch.bool) for h in heads]
+    for k in range(1, min(heads)):
+        masks = select_heads(scores, ne=k, select=select, stages=stages, seed=seed)
+        for i, (mask, before) in enumerate(zip(masks, previous)):
+            order[i] += torch.nonzero(before & ~mask).flatten().tolist()
+        previous = masks
+    return order
 
 
 @torch.no_grad()
@@ -240,18 +281,20 @@ def select_and_apply(
     scores: Sequence[torch.Tensor],
     optimizer: torch.optim.Optimizer | None = None,
 ) -> list[torch.Tensor]:
-    """Select heads with the model's own options (ne / select / fraction / normalize) and apply."""
+    """Select heads with the model's own options (ne / fraction / select / normalize) and apply.
+    Byte budgets and ``ne=auto`` are decided by the method's schedule (``heartlora.schedule_for``)."""
     state = get_state(model)
     opts = state.options
-    if opts.get("select") is None:
+    if not get_method(state.method).selects_heads:
         raise ValueError(f"method '{state.method}' does not select heads")
-    masks = select_heads(scores, ne=opts.get("ne"), select=opts["select"],
-                         fraction=opts.get("fraction"), normalize=opts.get("normalize", False),
-                         seed=opts.get("select_seed", 0))
+    if opts.get("ne") == "auto" or opts.get("budget_bytes") is not None or opts.get("budget_ratio") is not None:
+        raise ValueError(f"method '{state.method}': ne=auto and byte budgets are chosen by the method's schedule; "
+                         "use heartlora.schedule_for(model, ...)")
+    masks = select_heads(scores, ne=opts.get("ne"), select=opts["select"], fraction=opts.get("fraction"),
+                         normalize=opts.get("normalize", False), seed=opts.get("select_seed", 0),
+                         stages=stages([layer.site for layer in _layers(model)]))
     apply_head_selection(model, masks, optimizer=optimizer, scores=scores)
-    state.selection = {
-        "score": opts.get("score"), "select": opts["select"], "ne": opts.get("ne"),
-        "fraction": opts.get("fraction"),
-        "switched_off": [torch.nonzero(~m).flatten().tolist() for m in masks],
-    }
+    off = [torch.nonzero(~m).flatten().tolist() for m in masks]
+    state.selection = {"score": opts.get("score"), "select": opts["select"], "ne": opts.get("ne"),
+                       "fraction": opts.get("fraction"), "heads_off": [len(x) for x in off], "switched_off": off}
     return masks
