@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .config import DataConfig, MethodConfig, ModelConfig, RunConfig, ScheduleConfig
-from .methods import get_method
+from .methods.base import get_method
 
 DEMO_METHODS = ("linear", "lora", "heart-lora", "heart-lora-layer")
 BACKBONE_JSON = "demo_vit_fmnist.json"
@@ -109,13 +109,9 @@ def demo_config(out: Path, epochs: int, seed: int, quiet: bool) -> RunConfig:
 
 def demo_method_options(method: str, epochs: int) -> dict:
     """The demo's options for ``method``: Heart-LoRA's head count and scoring epochs."""
-    defaults = get_method(method).option_defaults()
-    options = {}
-    if "score_epochs" in defaults:
-        options["score_epochs"] = max(1, min(DEMO_SCORE_EPOCHS, epochs - 1))
-    if "ne" in defaults:
-        options["ne"] = DEMO_HEADS_OFF
-    return options
+    if not get_method(method).selects_heads:
+        return {}
+    return {"score_epochs": max(1, min(DEMO_SCORE_EPOCHS, epochs - 1)), "ne": DEMO_HEADS_OFF}
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 10, methods: Sequence[str] = DEMO_METHODS,

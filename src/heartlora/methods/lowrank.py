@@ -209,8 +209,9 @@ class LowRankQKV(AdapterLayer):
     # ----- head selection -----------------------------------------------------------------
     @torch.no_grad()
     def set_active_heads(self, active_mask: torch.Tensor) -> torch.Tensor:
-        """Keep only heads where ``active_mask`` is True. Returns the kept positions inside the
-        current ``lora_B`` (dim 1), so callers can slice optimiser state the same way."""
+        """Keep only heads where ``active_mask`` is True; ``lora_B`` becomes a new, smaller
+        Parameter. Returns the kept positions inside the previous ``lora_B`` (dim 1), so callers
+        can slice optimiser state the same way (:func:`apply_head_selection` does)."""
         if self.merged:
             raise RuntimeError(f"{self.site.qkv_name}: unmerge before changing the head selection")
         active_mask = active_mask.to(torch.bool).cpu()
@@ -224,9 +225,12 @@ class LowRankQKV(AdapterLayer):
         if switched_on:
             raise ValueError(f"{self.site.name}: heads {switched_on} were switched off before and cannot come back")
         keep = torch.nonzero(active_mask[current]).flatten().to(self.lora_B.device)
-        self.lora_B.data = self.lora_B.data.index_select(1, keep).contiguous()
-        if self.lora_B.grad is not None:
-            self.lora_B.grad = self.lora_B.grad.index_select(1, keep).contiguous()
+        # A new Parameter, not ``.data`` surgery: autograd caches a leaf's gradient accumulator with
+        # its shape for as long as any old graph (e.g. the last loss of a user's loop) is alive.
+        old = self.lora_B
+        self.lora_B = nn.Parameter(old.detach().index_select(1, keep).contiguous(), requires_grad=old.requires_grad)
+        if old.grad is not None:
+            self.lora_B.grad = old.grad.index_select(1, keep).contiguous()
         self.active_heads = self.active_heads.index_select(0, keep)
         self._rows = self._rows_for(self.active_heads)
         self._stored_cache = None

@@ -258,18 +258,24 @@ def apply_head_selection(
     scores: Sequence[torch.Tensor] | None = None,
 ) -> None:
     """Switch off heads: their B blocks are removed (zero delta, zero gradient, not stored).
-    Optimiser state of the remaining blocks is kept, sliced like the parameters."""
+    ``optimizer`` is given the new, smaller up-projection parameters in place of the old ones,
+    with the state of the remaining blocks kept, sliced like the parameters."""
     layers = _layers(model)
     if len(masks) != len(layers):
         raise ValueError(f"got {len(masks)} head masks for {len(layers)} attention blocks")
     for layer, mask in zip(layers, masks):
-        param = layer.lora_B
+        old = layer.lora_B
         keep = layer.set_active_heads(torch.as_tensor(mask))
-        if optimizer is not None and param in optimizer.state:
-            state = optimizer.state[param]
-            for key, value in list(state.items()):
-                if torch.is_tensor(value) and value.dim() == 4 and value.shape[1] != param.shape[1]:
-                    state[key] = value.index_select(1, keep.to(value.device)).contiguous()
+        new = layer.lora_B
+        if optimizer is not None and new is not old:
+            for group in optimizer.param_groups:
+                group["params"] = [new if p is old else p for p in group["params"]]
+            if old in optimizer.state:
+                state = optimizer.state.pop(old)
+                for key, value in list(state.items()):
+                    if torch.is_tensor(value) and value.dim() == 4 and value.shape[1] != new.shape[1]:
+                        state[key] = value.index_select(1, keep.to(value.device)).contiguous()
+                optimizer.state[new] = state
     state = get_state(model)
     state.head_masks = [layer.head_mask().tolist() for layer in layers]
     if scores is not None:
