@@ -14,6 +14,7 @@ from heartlora.engine.build import build
 from heartlora.engine.loop import train
 from heartlora.engine.schedule import CosineSchedule
 from heartlora.methods.lowrank import lowrank_layers
+from heartlora.precision import autocast, resolve_amp
 from heartlora.seeding import derive_seed, seed_all
 
 from conftest import tiny_swin, tiny_vit
@@ -52,6 +53,7 @@ def own_loop(cfg: RunConfig):
     schedule = heartlora.schedule_for(model, epochs=s.epochs, optimizer=optimizer, warmup_epochs=s.warmup_epochs,
                                       seed=cfg.seed)
     lrs = CosineSchedule.from_config(s)
+    amp = resolve_amp(cfg.amp, torch.device("cpu")).enabled  # bf16 autocast on CPUs with AMX, as the engine
     losses = []
     for epoch in range(s.epochs):
         schedule.on_epoch_start(epoch)
@@ -63,7 +65,9 @@ def own_loop(cfg: RunConfig):
         model.train()
         total, steps = 0.0, 0
         for images, labels in loader:
-            loss = F.cross_entropy(model(images).float(), labels)
+            with autocast(torch.device("cpu"), amp):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

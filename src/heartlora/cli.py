@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from .precision import AMP_CHOICES
 from .config import (
     METHOD_SHORTCUTS,
     ConfigError,
@@ -152,7 +153,8 @@ def _train_parser(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g = parser.add_argument_group("run")
     _add(g, suppress, "--seed", default=r.seed, type=_nonneg_int, help="run seed (init, order, dropout)")
     _add(g, suppress, "--device", default=r.device, help="auto, cpu, cuda, cuda:N")
-    _add(g, suppress, "--amp", default=r.amp, choices=("auto", "bf16", "none"), help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    _add(g, suppress, "--amp", default=r.amp, choices=AMP_CHOICES, metavar="{auto,bf16,off}",
+         help="auto: bf16 autocast on CUDA and on CPUs with native bf16 matmul (AMX), else fp32; bf16 / off force it")
     _add(g, suppress, "--out", default=r.out, metavar="DIR", help="run directory: run.json, adapter/, checkpoint.pt")
     _add(g, suppress, "--resume", default=r.resume, action="store_true", help="continue the run in --out from its checkpoint")
     _add(g, suppress, "--quiet", default=r.quiet, action="store_true", help="no progress bar or per-epoch lines")
@@ -172,7 +174,8 @@ def _eval_parser(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("evaluation")
     g.add_argument("--batch-size", type=_positive_int, default=64, help="evaluation batch size")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"), help="auto: bf16 autocast on CUDA")
+    g.add_argument("--amp", default="auto", choices=AMP_CHOICES, metavar="{auto,bf16,off}",
+                   help="auto: bf16 autocast on CUDA and on CPUs with AMX, else fp32")
     g.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -429,7 +432,7 @@ def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ConfigError("option '--data': required (the data root; no run.json beside the adapter to take it from)")
     seed = pick("seed", backbone.get("seed"), 42)
     device = resolve_device(args.device)
-    use_amp = resolve_amp(args.amp, device)
+    use_amp = resolve_amp(args.amp, device).enabled
 
     if backbone.get("weights_sha256") and weights and Path(weights).is_file():
         from .models import sha256_file

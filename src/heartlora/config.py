@@ -96,7 +96,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 42
     device: str = "auto"  # auto: cuda if available, else cpu
-    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | none
+    amp: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with AMX, else fp32 | bf16 | off
     out: Optional[str] = None
     resume: bool = False
     quiet: bool = False
@@ -153,7 +153,7 @@ class RunConfig:
         positive_int("image_size", d.image_size)
         need(d.kind in ("vtab", "fewshot", "folder"), "data_kind", d.kind, "one of vtab, fewshot, folder")
         need(d.root is not None and str(d.root) != "", "data", d.root, "the data root folder (--data ROOT)")
-        need(self.amp in ("auto", "bf16", "none"), "amp", self.amp, "one of auto, bf16, none")
+        need(self.amp in ("auto", "bf16", "off", "none"), "amp", self.amp, "one of auto, bf16, off")
         need(isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"),
              "device", self.device, "auto, cpu, cuda, cuda:N or mps")
         need(0.0 <= m.drop_path < 1.0, "drop_path", m.drop_path, "0 <= drop_path < 1")

@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from ..methods.factory import apply, get_state
+from .. import precision
 from ..config import ConfigError, MethodConfig, ModelConfig, RunConfig
+from ..precision import AmpDecision
 from ..methods.base import get_method
 from ..models import create_backbone
 from ..seeding import seed_all
@@ -52,13 +54,12 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def resolve_amp(spec: str, device: torch.device) -> bool:
-    """bf16 autocast on CUDA by default, fp32 elsewhere."""
-    if spec == "auto":
-        return device.type == "cuda"
-    if spec == "bf16" and device.type != "cuda":
-        raise ConfigError(f"option 'amp': bf16 autocast is for CUDA devices; this run is on {device.type} (use --amp none)")
-    return spec == "bf16"
+def resolve_amp(spec: str, device: torch.device) -> AmpDecision:
+    """:func:`heartlora.precision.resolve_amp`, with option errors as ConfigError."""
+    try:
+        return precision.resolve_amp(spec, device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_method(method: MethodConfig) -> None:

@@ -29,6 +29,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,6 +43,7 @@ from ..config import ConfigError, RunConfig
 from ..methods.base import MethodSchedule, ScheduleActions, ScheduleContext, get_method
 from ..methods.factory import get_state
 from ..models import sha256_file
+from ..precision import autocast
 from ..seeding import capture_rng, derive_seed, restore_rng, seed_all
 from .build import build, check_method, config_diff, method_summary, new_classifier, probe_method, resolve_amp, resolve_device
 from .checkpoint import (
@@ -68,23 +70,18 @@ Callback = Callable[[int, dict], None]
 
 
 # ------------------------------------------------------------------------------- evaluation
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.device | str | None = None,
              workers: int = 0, amp: bool | None = None, progress: bool = False) -> float:
     """Top-1 accuracy in percent of ``model`` on ``dataset`` (items ``(image, label)``).
 
-    ``amp=None``: bf16 autocast on CUDA, fp32 elsewhere. The model's train/eval mode is restored.
+    ``amp=None``: the ``--amp auto`` rule (bf16 autocast on CUDA and on CPUs with native bf16
+    matmul, fp32 elsewhere; :mod:`heartlora.precision`). The model's train/eval mode is restored.
     """
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
-    use_amp = device.type == "cuda" if amp is None else amp
+    use_amp = resolve_amp("auto", device).enabled if amp is None else amp
     if len(dataset) == 0:
         raise ValueError("evaluation dataset is empty")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -94,7 +91,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.d
     correct = total = 0
     try:
         for images, labels in _progress(loader, "eval", progress):
-            with _autocast(device, use_amp):
+            with autocast(device, use_amp):
                 logits = model(images.to(device, non_blocking=True))
             correct += int((logits.argmax(dim=-1).cpu() == labels).sum())
             total += int(labels.numel())
@@ -232,7 +229,7 @@ def _train_epoch(model, loader, optimizer, device, use_amp, show, desc, lr) -> t
     for images, labels in bar:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with _autocast(device, use_amp):
+        with autocast(device, use_amp):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels)
         value = loss.detach().item()
@@ -262,7 +259,8 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
     config = copy.deepcopy(config).validate()
     check_method(config.method)
     device = resolve_device(config.device)
-    use_amp = resolve_amp(config.amp, device)
+    amp = resolve_amp(config.amp, device)
+    use_amp = amp.enabled
     out = Path(config.out) if config.out else None
     checkpoint = None
     if out is not None:
@@ -335,6 +333,10 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
         optimizer = _make_optimizer(model, config)
         optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng(checkpoint["rng"])
+        started = (checkpoint.get("amp") or {}).get("dtype", amp.dtype)
+        if started != amp.dtype:
+            warnings.warn(f"{source}: the run started in {started} and continues in {amp.dtype} ({amp.reason}); "
+                          f"its record will not equal an uninterrupted run's (force one with --amp)", stacklevel=2)
         progress = checkpoint["progress"]
         progress["resumed_at"] = progress["resumed_at"] + [progress["epoch"] + 1]
         learning_rate.restart_epoch = progress.get("lr_restarted_at")
@@ -366,6 +368,7 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
             "config": config.to_dict(),
             "manifest_hash": task.manifest_hash,
             "weights_sha256": weights_sha256,
+            "amp": amp.to_dict(),
             "model": model_state(model),
             "method_schedule": schedule.state_dict() if schedule is not None else None,
             "optimizer": optimizer.state_dict(),
@@ -422,7 +425,7 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
         "config": {**config.to_dict(), "resume": False},  # the run itself, reusable as --config
         "versions": versions(),
         "device": device_info(device),
-        "amp": "bf16" if use_amp else "none (fp32)",
+        "amp": amp.to_dict(),
         "seed": config.seed,
         "model": {"name": config.model.name, "weights": config.model.weights, "weights_sha256": weights_sha256,
                   "kwargs": config.model.kwargs, "img_size": config.data.image_size,
