@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 
 import heartlora
+from heartlora.methods.base import get_method
 from heartlora.methods.lowrank import LowRankQKV
+from heartlora.precision import autocast, resolve_amp
 
 MODELS = {
     # name: (timm name, kwargs, image size)
@@ -51,12 +53,31 @@ class Config:
     name: str
     build: Callable[[torch.nn.Module], torch.nn.Module]
     floor: bool = False
+    amp: bool = False  # bf16 autocast (the " [bf16]" twin of a configuration)
+
+
+BF16 = " [bf16]"
+
+
+def precision_twins(configs: list[Config], precisions: list[str]) -> list[Config]:
+    """Every configuration in each precision asked for; bf16 twins are named ``name [bf16]``."""
+    out = []
+    for config in configs:
+        for p in precisions:
+            out.append(config if p == "fp32" else Config(config.name + BF16, config.build, config.floor, amp=True))
+    return out
+
+
+def twin(name: str, precision_of: str) -> str:
+    """``name``'s counterpart in the precision of ``precision_of`` (``floor`` ↔ ``floor [bf16]``)."""
+    base = name[:-len(BF16)] if name.endswith(BF16) else name
+    return base + BF16 if precision_of.endswith(BF16) else base
 
 
 def _heartlora(method: str, **options):
     def build(model):
         heartlora.apply(model, method, **options)
-        if heartlora.get_state(model).options.get("select"):
+        if get_method(method).selects_heads:
             # a fixed selection: the cost after the scoring epochs
             sites = heartlora.find_attention_sites(model)
             heartlora.select_and_apply(model, [torch.arange(float(s.num_heads)) for s in sites])
@@ -161,8 +182,8 @@ def make_step(model, config: Config, images, labels, device):
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack) if measure_memory else _nullctx():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = F.cross_entropy(model(x), labels)
+            with autocast(device, config.amp):
+                loss = F.cross_entropy(model(x).float(), labels)
         loss.backward()
         if optimizer is not None:
             optimizer.step()
@@ -232,11 +253,13 @@ def run_interleaved(steps: dict[str, Callable[[], object]], repeats: int, max_re
 
 
 def _step_pairs(steps) -> list[tuple[str, str]]:
-    """The ratios the report is about: every configuration against the floor and PEFT, and
-    taylor scoring against the same layer not scoring."""
-    pairs = [(name, "floor") for name in steps if name != "floor"]
-    if "peft-lora" in steps:
-        pairs += [(name, "peft-lora") for name in steps if name.startswith(("heart-lora", "bilora", "lora"))]
+    """The ratios the report is about: every configuration against the floor and PEFT of its own
+    precision, a bf16 twin against its fp32 configuration, and taylor scoring against the same
+    layer not scoring."""
+    pairs = [(name, twin("floor", name)) for name in steps if twin("floor", name) != name]
+    pairs += [(name, twin("peft-lora", name)) for name in steps if twin("peft-lora", name) in steps
+              and name.startswith(("heart-lora", "bilora", "lora"))]
+    pairs += [(name, twin(name, "")) for name in steps if name.endswith(BF16) and twin(name, "") in steps]
     if all(name in steps for name in TAYLOR_PAIR):
         pairs.append(TAYLOR_PAIR)
     return pairs
@@ -244,7 +267,7 @@ def _step_pairs(steps) -> list[tuple[str, str]]:
 
 def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, device, include_peft: bool,
                 ablation: bool = True, max_repeats: int | None = None, target_ci: float = 0.0,
-                only: list[str] | None = None) -> dict:
+                only: list[str] | None = None, precisions: tuple[str, ...] = ("fp32",)) -> dict:
     timm_name, kwargs, size = MODELS[key]
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
@@ -253,7 +276,8 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
     heads = probe.blocks[0].attn.num_heads
     steps = {}
     memory = {}
-    for config in select_configurations(configurations(heads, rank, include_peft), only):
+    for config in precision_twins(select_configurations(configurations(heads, rank, include_peft), only),
+                                  list(precisions)):
         torch.manual_seed(0)
         model = timm.create_model(timm_name, pretrained=False, num_classes=10, **kwargs).to(device).train()
         model = config.build(model).to(device)
@@ -268,20 +292,23 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
         median = statistics.median(values)
         q = statistics.quantiles(values, n=4) if len(values) >= 4 else [min(values), median, max(values)]
         rows[name] = {"median_s": median, "spread": (q[2] - q[0]) / median, "memory_bytes": memory[name]}
-    floor, peft = rows["floor"], rows.get("peft-lora")
+    floor = rows.get("floor") or rows["floor" + BF16]
     for name, row in rows.items():
-        row["vs_floor"], row["vs_floor_ci"] = paired_ratio(times[name], times["floor"])
-        row["memory_vs_floor"] = row["memory_bytes"] / max(floor["memory_bytes"], 1)
-        if peft:
-            row["vs_peft"], row["vs_peft_ci"] = paired_ratio(times[name], times["peft-lora"])
-            row["memory_vs_peft"] = row["memory_bytes"] / max(peft["memory_bytes"], 1)
+        own_floor, own_peft = twin("floor", name), twin("peft-lora", name)
+        row["vs_floor"], row["vs_floor_ci"] = paired_ratio(times[name], times[own_floor])
+        row["memory_vs_floor"] = row["memory_bytes"] / max(rows[own_floor]["memory_bytes"], 1)
+        if own_peft in rows:
+            row["vs_peft"], row["vs_peft_ci"] = paired_ratio(times[name], times[own_peft])
+            row["memory_vs_peft"] = row["memory_bytes"] / max(rows[own_peft]["memory_bytes"], 1)
+        if name.endswith(BF16) and twin(name, "") in rows:
+            row["vs_fp32"], row["vs_fp32_ci"] = paired_ratio(times[name], times[twin(name, "")])
     scoring, not_scoring = TAYLOR_PAIR
     if scoring in rows and not_scoring in rows:
         ratio, ci = paired_ratio(times[scoring], times[not_scoring])
         rows[scoring]["taylor_overhead"] = ratio - 1.0
         rows[scoring]["taylor_overhead_ci"] = [ci[0] - 1.0, ci[1] - 1.0]
     result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank,
-              "rounds": len(times["floor"]), "rows": rows}
+              "precisions": list(precisions), "rounds": len(next(iter(times.values()))), "rows": rows}
     result["taylor_work"] = bench_taylor_work(timm_name, kwargs, heads, rank, device)
     result["taylor_work"]["vs_floor_step"] = result["taylor_work"]["seconds_per_step"] / floor["median_s"]
     result["inference"] = bench_inference(timm_name, kwargs, images, heads, rank, repeats, warmup, device,
@@ -359,10 +386,11 @@ def print_table(result: dict) -> None:
     rounds = result["rounds"]
     print(f"\n{result['model']} ({result['timm']}, {result['image_size']} px, batch {result['batch']}, "
           f"rank {result['rank']}, {rounds} rounds; ratios: median of per-round ratios [~95 % CI])")
-    print(f"{'configuration':<20}{'median ms':>10}{'spread':>8}{'/floor':>24}{'/peft':>24}{'mem MB':>9}{'mem/peft':>9}")
+    print(f"{'configuration':<27}{'median ms':>10}{'spread':>8}{'/floor':>24}{'/peft':>24}{'bf16/fp32':>24}"
+          f"{'mem MB':>9}{'mem/peft':>9}")
     for name, row in rows.items():
-        print(f"{name:<20}{row['median_s'] * 1e3:>10.1f}{row['spread']:>8.1%}{_ci(row, 'vs_floor'):>24}"
-              f"{_ci(row, 'vs_peft'):>24}{row['memory_bytes'] / 2**20:>9.1f}"
+        print(f"{name:<27}{row['median_s'] * 1e3:>10.1f}{row['spread']:>8.1%}{_ci(row, 'vs_floor'):>24}"
+              f"{_ci(row, 'vs_peft'):>24}{_ci(row, 'vs_fp32'):>24}{row['memory_bytes'] / 2**20:>9.1f}"
               f"{row.get('memory_vs_peft', float('nan')):>9.3f}")
     scoring = rows.get("heart-lora scoring", {})
     if "taylor_overhead" in scoring:
@@ -397,21 +425,28 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-peft", action="store_true", help="skip PEFT (not installed)")
     parser.add_argument("--no-ablation", action="store_true", help="skip timing ablation scores (1 + L·H forwards)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="auto",
+                        help="auto: fp32 and bf16 autocast where bf16 is native (CUDA, CPUs with AMX), else fp32 only")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    decision = resolve_amp("auto", device)
+    precisions = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16"),
+                  "auto": ("fp32", "bf16") if decision.enabled else ("fp32",)}[args.precision]
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "cpu": _cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__,
+        "amp_auto": decision.to_dict(), "precisions": list(precisions),
     }
     print(json.dumps(info))
     results = []
     for key in args.models.split(","):
         result = bench_model(key.strip(), args.batch, args.repeats, args.warmup, args.rank, device, not args.no_peft,
                              ablation=not args.no_ablation, max_repeats=args.max_repeats, target_ci=args.target_ci,
-                             only=[c.strip() for c in args.configs.split(",")] if args.configs else None)
+                             only=[c.strip() for c in args.configs.split(",")] if args.configs else None,
+                             precisions=precisions)
         print_table(result)
         results.append(result)
     if args.json:

@@ -43,3 +43,14 @@ def test_tiny_run_writes_every_ratio(step_time, tmp_path):
     assert "taylor_overhead_ci" in rows["heart-lora scoring"]
     assert 0 < result["taylor_work"]["vs_floor_step"] and result["taylor_work"]["layers"] == 12
     assert result["inference"]["merged_vs_backbone"] > 0
+
+
+def test_bf16_twins_report_their_ratio_to_fp32(step_time, tmp_path):
+    out = tmp_path / "bench.json"
+    step_time.main(["--models", "vit_tiny_32", "--batch", "2", "--repeats", "2", "--warmup", "1", "--threads", "1",
+                    "--no-peft", "--no-ablation", "--precision", "both", "--configs", "heart-lora ne=1",
+                    "--json", str(out)])
+    rows = json.loads(out.read_text())["results"][0]["rows"]
+    assert set(rows) == {"floor", "floor [bf16]", "heart-lora ne=1", "heart-lora ne=1 [bf16]"}
+    assert rows["floor [bf16]"]["vs_floor"] == 1.0 and "vs_fp32" in rows["heart-lora ne=1 [bf16]"]
+    assert "vs_fp32" not in rows["heart-lora ne=1"]
