@@ -355,6 +355,10 @@ def _config_from_args(argv: Sequence[str], extra: Sequence[str] = ()) -> RunConf
 
     config = RunConfig()
     out, resume = flags.get("out"), flags.get("resume", False)
+    if resume and out is not None and not extra:  # `train --resume`: there must be a run to continue
+        if not (Path(out) / "checkpoint.pt").is_file() and not (Path(out) / "run.json").is_file():
+            raise ConfigError(f"option '--resume': {out} holds no run to continue (no checkpoint.pt); "
+                              "start it without --resume")
     if resume and out is not None:
         checkpoint = Path(out) / "checkpoint.pt"
         if checkpoint.is_file():
@@ -441,6 +445,12 @@ def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
             warnings.warn(f"{weights}: sha256 differs from the weights the adapter was trained on "
                           f"({backbone['weights_sha256']}); accuracy will not match the run", stacklevel=1)
 
+    trained = {"image size": backbone.get("img_size"), "patch size": (backbone.get("kwargs") or {}).get("patch_size")}
+    now = {"image size": data["image_size"], "patch size": kwargs.get("patch_size")}
+    changed = [f"{k} {trained[k]} → {now[k]}" for k in trained if trained[k] is not None and trained[k] != now[k]]
+    if changed:
+        warnings.warn(f"{adapter / BACKBONE_NAME}: the adapter was trained at another input geometry ({'; '.join(changed)}); "
+                      "accuracy will not match the run", stacklevel=1)
     task = load_task(data["data_kind"], data["data"], data["task"], split=data["split"], shots=data["shots"],
                      seed=data["fewshot_seed"], image_size=data["image_size"], normalize=data["normalize"],
                      num_classes=data["num_classes"], check_images=data["check_images"])

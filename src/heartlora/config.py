@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,11 +144,14 @@ class RunConfig:
         positive_int("eval_every", s.eval_every, 0)
         if s.eval_batch_size is not None:
             positive_int("eval_batch_size", s.eval_batch_size)
+        def finite(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
         for option in ("lr", "warmup_lr", "min_lr"):
             value = getattr(s, option)
-            need(isinstance(value, (int, float)) and value >= 0, option, value, "a number >= 0")
+            need(finite(value) and value >= 0, option, value, "a finite number >= 0")
         need(s.lr > 0, "lr", s.lr, "a positive learning rate")
-        need(isinstance(s.weight_decay, (int, float)) and s.weight_decay >= 0, "weight_decay", s.weight_decay, "a number >= 0")
+        need(finite(s.weight_decay) and s.weight_decay >= 0, "weight_decay", s.weight_decay, "a finite number >= 0")
         positive_int("seed", self.seed, 0)
         positive_int("workers", d.workers, 0)
         positive_int("image_size", d.image_size)
@@ -156,7 +160,7 @@ class RunConfig:
         need(self.amp in ("auto", "bf16", "off", "none"), "amp", self.amp, "one of auto, bf16, off")
         need(isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"),
              "device", self.device, "auto, cpu, cuda, cuda:N or mps")
-        need(0.0 <= m.drop_path < 1.0, "drop_path", m.drop_path, "0 <= drop_path < 1")
+        need(finite(m.drop_path) and 0.0 <= m.drop_path < 1.0, "drop_path", m.drop_path, "0 <= drop_path < 1")
         need(m.classifier_init in ("torch", "trunc_normal"), "classifier_init", m.classifier_init, "torch or trunc_normal")
         need(isinstance(m.kwargs, dict), "model_kwargs", m.kwargs, "a mapping of timm.create_model keyword arguments")
         need(isinstance(self.method.options, dict), "opt", self.method.options, "a mapping of method options")
@@ -334,6 +338,24 @@ def parse_model_kwargs(value: Any, option: str) -> dict:
     return parsed
 
 
+def _refuse_duplicate_keys(node: Any, path: Path) -> None:
+    """YAML lets a repeated key silently win; a settings file must not."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                raise ConfigError(f"{path}:{line}: key '{key_node.value}' given twice (first on line "
+                                  f"{seen[key_node.value]}); expected each key once")
+            seen[key_node.value] = line
+            _refuse_duplicate_keys(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, path)
+
+
 def load_yaml(path: str | Path) -> tuple[dict, dict]:
     """Read a YAML (or run.json) config: returns (mapping, key → line number).
 
@@ -355,6 +377,7 @@ def load_yaml(path: str | Path) -> tuple[dict, dict]:
         return {}, {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values at the top level")
+    _refuse_duplicate_keys(node, path)
     lines = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, _ in node.value:

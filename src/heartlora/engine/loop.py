@@ -28,6 +28,7 @@ import math
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -40,12 +41,15 @@ from torch.utils.data import DataLoader, Subset
 
 from ..adapters_io import adapter_bytes, save_adapter, trainable_parameters
 from ..config import ConfigError, RunConfig
+from ..data.errors import DataError
+from ..fsio import OutputError
 from ..methods.base import MethodSchedule, ScheduleActions, ScheduleContext, get_method
 from ..methods.factory import get_state
 from ..models import sha256_file
 from ..precision import autocast
 from ..seeding import capture_rng, derive_seed, restore_rng, seed_all
 from .build import build, check_method, config_diff, method_summary, new_classifier, probe_method, resolve_amp, resolve_device
+from .lock import RunLock
 from .checkpoint import (
     CHECKPOINT_NAME,
     FORMAT_VERSION,
@@ -69,6 +73,10 @@ RESUME_MAY_CHANGE = {"out", "resume", "quiet", "compile", "device", "data.worker
 Callback = Callable[[int, dict], None]
 
 
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite."""
+
+
 # ------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.device | str | None = None,
@@ -90,11 +98,12 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.d
     model.eval()
     correct = total = 0
     try:
-        for images, labels in _progress(loader, "eval", progress):
-            with autocast(device, use_amp):
-                logits = model(images.to(device, non_blocking=True))
-            correct += int((logits.argmax(dim=-1).cpu() == labels).sum())
-            total += int(labels.numel())
+        with _data_errors():
+            for images, labels in _progress(loader, "eval", progress):
+                with autocast(device, use_amp):
+                    logits = model(images.to(device, non_blocking=True))
+                correct += int((logits.argmax(dim=-1).cpu() == labels).sum())
+                total += int(labels.numel())
     finally:
         model.train(was_training)
     return 100.0 * correct / total
@@ -166,22 +175,55 @@ def _indices_digest(indices: list[int]) -> str:
     return hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()
 
 
+ADAPTER_FILES = {"adapter.safetensors", "adapter_config.json", BACKBONE_NAME}
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Files in an existing adapter folder that a run did not write (never deleted)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in ADAPTER_FILES) if folder.is_dir() else []
+
+
 def _install_adapter(model: nn.Module, out: Path, backbone: dict) -> Path:
-    """Write ``out/adapter`` as a whole: into a temporary folder first, then renamed into place."""
+    """Write ``out/adapter`` as a whole: into a fresh private folder, then renamed into place. An
+    existing folder is replaced only if it holds nothing but a run's own adapter files."""
     final = out / ADAPTER_DIR
-    tmp = out / f".{ADAPTER_DIR}.tmp"
-    old = out / f".{ADAPTER_DIR}.old"
-    for path in (tmp, old):
-        if path.exists():
-            shutil.rmtree(path)
-    save_adapter(model, tmp)
-    write_json(tmp / BACKBONE_NAME, backbone)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+    foreign = _foreign_files(final)
+    if foreign or (final.exists() and not final.is_dir()):
+        raise OutputError(f"{final}: exists and holds files this run did not write ({', '.join(foreign) or final.name}); "
+                          "move them away, or choose another --out")
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{ADAPTER_DIR}."))
+    try:
+        save_adapter(model, tmp)
+        write_json(tmp / BACKBONE_NAME, backbone)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(dir=out, prefix=f".{ADAPTER_DIR}.old."))
+            final.rename(old / ADAPTER_DIR)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
+
+
+def _unwrapped(err: DataError) -> DataError:
+    """A DataError raised in a DataLoader worker arrives as "Caught DataError in DataLoader worker
+    process 0. Original Traceback …"; keep only the original one-line message."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return err
+    last = text.strip().splitlines()[-1]
+    return DataError(last.split(": ", 1)[1] if last.startswith(("DataError:", "heartlora.")) and ": " in last else last)
+
+
+@contextlib.contextmanager
+def _data_errors():
+    try:
+        yield
+    except DataError as err:
+        raise _unwrapped(err) from None
 
 
 def _now() -> str:
@@ -226,24 +268,27 @@ def _train_epoch(model, loader, optimizer, device, use_amp, show, desc, lr) -> t
     total_loss, images_seen, steps = 0.0, 0, 0
     start = time.perf_counter()
     bar = _progress(loader, desc, show, total=len(loader))
-    for images, labels in bar:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, use_amp):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        value = loss.detach().item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training loss is {value} at {desc}, step {steps}; lower option 'lr'")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += value
-        images_seen += int(labels.shape[0])
-        steps += 1
-        if show:
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{total_loss / steps:.4f}", lr=f"{lr:.2e}", img_s=f"{images_seen / elapsed:.1f}")
+    with _data_errors():
+        for images, labels in bar:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with autocast(device, use_amp):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+            value = loss.detach().item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"training loss is {value} at {desc}, step {steps + 1} (lr {lr:.3g}): the run "
+                                       "diverged; lower option 'lr' or the method's option 'scale' (the last good "
+                                       "checkpoint, if any, is kept)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += value
+            images_seen += int(labels.shape[0])
+            steps += 1
+            if show:
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{total_loss / steps:.4f}", lr=f"{lr:.2e}", img_s=f"{images_seen / elapsed:.1f}")
     seconds = time.perf_counter() - start
     return total_loss / max(steps, 1), images_seen, seconds
 
@@ -258,14 +303,29 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
     """
     config = copy.deepcopy(config).validate()
     check_method(config.method)
+    out = Path(config.out) if config.out else None
+    if out is None:
+        return _train(config, callbacks, execution)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"option 'out': {out} exists and is not a directory")
+    with RunLock(out):
+        return _train(config, callbacks, execution)
+
+
+def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | None) -> dict:
+    s = config.schedule
+    if 0 < s.warmup_epochs and s.epochs <= s.warmup_epochs + 1:
+        top = max(CosineSchedule.from_config(s).lrs())
+        warnings.warn(f"option 'epochs'={s.epochs} with 'warmup_epochs'={s.warmup_epochs}: every epoch is still in "
+                      f"the warm-up (the reference scheduler starts one epoch late: lr {s.warmup_lr:g} in epochs 1 "
+                      f"and 2), so the lr never exceeds {top:.3g} of the peak {s.lr:g}; lower --warmup-epochs",
+                      stacklevel=3)
     device = resolve_device(config.device)
     amp = resolve_amp(config.amp, device)
     use_amp = amp.enabled
     out = Path(config.out) if config.out else None
     checkpoint = None
     if out is not None:
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"option 'out': {out} exists and is not a directory")
         ckpt_path, run_path = out / CHECKPOINT_NAME, out / RUN_NAME
         if config.resume and ckpt_path.exists():
             checkpoint = load_checkpoint(ckpt_path)
@@ -278,6 +338,9 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
         elif not config.resume and (ckpt_path.exists() or run_path.exists()):
             raise ConfigError(f"option 'out': {out} already holds a run ({RUN_NAME if run_path.exists() else CHECKPOINT_NAME}); "
                               "continue it with --resume or choose another --out")
+        if checkpoint is None and (out / ADAPTER_DIR).exists():
+            raise ConfigError(f"option 'out': {out / ADAPTER_DIR} exists but no run is being continued; a run writes "
+                              "its adapter there — move that folder away or choose another --out")
     probe_method(config)
 
     segment_start = time.perf_counter()
@@ -288,7 +351,6 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
     model, task = built.model, built.task
     # the compiled module shares the parameters; checkpoints and evaluation use ``model`` itself
     forward = torch.compile(model) if config.compile else model
-    s = config.schedule
     schedule_cls = get_method(config.method.name).schedule
     held_out_share = schedule_cls.holdout_fraction(get_state(model).options) if schedule_cls else None
     train_data, held_out, held_out_info = _held_out(task, config, held_out_share)
