@@ -60,8 +60,12 @@ def own_loop(cfg: RunConfig):
         for group in optimizer.param_groups:
             group["lr"] = lrs.lr_for_epoch(epoch)
         seed_all(derive_seed(cfg.seed, "epoch", epoch))
-        loader = DataLoader(task.train, batch_size=s.batch_size, shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "order", epoch)))
+        # the recipe's order: a seeded permutation per epoch, cut into batches (the last incomplete one dropped)
+        order = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "order", epoch)))
+        batches = [order[i:i + s.batch_size].tolist() for i in range(0, len(order) - s.batch_size + 1, s.batch_size)]
+        # a generator of its own: a DataLoader without one draws its worker seed from the global RNG,
+        # which would shift dropout's random numbers (heartlora's loader never touches it)
+        loader = DataLoader(task.train, batch_sampler=batches, generator=torch.Generator())
         model.train()
         total, steps = 0.0, 0
         for images, labels in loader:

@@ -195,6 +195,9 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
                            description="Train one run: backbone x method x data x schedule. Writes OUT/run.json, "
                                        "OUT/adapter/ and OUT/checkpoint.pt.")
     _train_parser(train, suppress)
+    _add(train, suppress, "--nproc", default=None, type=_positive_int, metavar="K",
+         help="train data-parallel in K processes on this machine (launches torchrun; --batch-size stays the global "
+              "batch); on several machines use torchrun itself: torchrun --nnodes N --nproc_per_node K -m heartlora train ...")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", formatter_class=_Formatter, help="evaluate a saved adapter on a task",
@@ -342,7 +345,7 @@ def _config_from_args(argv: Sequence[str], extra: Sequence[str] = ()) -> RunConf
     """RunConfig from the train options typed in ``argv``; ``extra`` names the command's own
     options (bench, analyze), which are not run settings."""
     explicit = _explicit_train_values(argv)
-    for key in list(extra) + ["kind", "analysis"]:
+    for key in list(extra) + ["kind", "analysis", "nproc"]:
         explicit.pop(key, None)
     config_file = explicit.pop("config", None)
     preset = explicit.pop("preset", None)
@@ -373,14 +376,49 @@ def _config_from_args(argv: Sequence[str], extra: Sequence[str] = ()) -> RunConf
     return apply_mapping(config, flags)
 
 
-def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .engine import train
+def _without_option(argv: Sequence[str], flag: str) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            out.append(item)
+    return out
 
+
+def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """``heartlora train --nproc K …`` = ``torchrun --standalone --nproc_per_node K -m heartlora train …``."""
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "heartlora", *_without_option(argv, "--nproc")]
+    print(f"{PROG}: launching {' '.join(command[1:])}", file=sys.stderr)
+    return subprocess.call(command, env=dict(os.environ))
+
+
+def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .engine.loop import train
+
+    nproc = getattr(args, "nproc", None)
+    if nproc and nproc > 1:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("option '--nproc': this process is already one of a torchrun job; leave --nproc out")
+        _config_from_args(argv)  # usage errors before launching anything
+        return _launch_torchrun(nproc, argv)
     config = _config_from_args(argv)
     record = train(config)
     p = record["protocols"]
     paper, final = p["paper"], p["final"]
     where = f"; record: {Path(config.out) / 'run.json'}" if config.out else ""
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for the job
     print(f"{record['data']['task']} {record['method']['name']}: paper {paper['accuracy']:.2f} (epoch {paper['epoch'] + 1}), "
           f"final {final['accuracy']:.2f} (epoch {final['epoch'] + 1}), adapter {record['adapter_bytes']['with_classifier']:,} "
           f"bytes{where}")

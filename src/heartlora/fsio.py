@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
-__all__ = ["OutputError", "atomic_write", "describe_os_error"]
+__all__ = ["OutputError", "atomic_write", "describe_os_error", "umask"]
 
 Writer = Union[bytes, Callable[[BinaryIO], None]]
 
@@ -38,7 +38,8 @@ def describe_os_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -53,7 +54,7 @@ def atomic_write(path: str | os.PathLike, data: Writer) -> Path:
         raise OutputError(f"{path}: cannot create a file in {path.parent} ({describe_os_error(err)})") from None
     tmp = Path(tmp_name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual mode
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; a finished file gets the usual mode
         with os.fdopen(fd, "wb") as handle:
             if isinstance(data, (bytes, bytearray, memoryview)):
                 handle.write(data)

@@ -25,7 +25,6 @@ import copy
 import datetime as _dt
 import json
 import math
-import platform
 import shutil
 import sys
 import tempfile
@@ -42,13 +41,14 @@ from torch.utils.data import DataLoader, Subset
 from ..adapters_io import adapter_bytes, save_adapter, trainable_parameters
 from ..config import ConfigError, RunConfig
 from ..data.errors import DataError
-from ..fsio import OutputError
+from ..fsio import OutputError, umask
 from ..methods.base import MethodSchedule, ScheduleActions, ScheduleContext, get_method
 from ..methods.factory import get_state
 from ..models import sha256_file
 from ..precision import autocast
 from ..seeding import capture_rng, derive_seed, restore_rng, seed_all
 from .build import build, check_method, config_diff, method_summary, new_classifier, probe_method, resolve_amp, resolve_device
+from .distributed import Distributed, GlobalBatchSampler, from_environment
 from .lock import RunLock
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -86,12 +86,20 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.d
     ``amp=None``: the ``--amp auto`` rule (bf16 autocast on CUDA and on CPUs with native bf16
     matmul, fp32 elsewhere; :mod:`heartlora.precision`). The model's train/eval mode is restored.
     """
+    if len(dataset) == 0:
+        raise ValueError("evaluation dataset is empty")
+    correct, total = _correct_and_total(model, dataset, batch_size, device=device, workers=workers, amp=amp,
+                                        progress=progress)
+    return 100.0 * correct / total
+
+
+@torch.no_grad()
+def _correct_and_total(model: nn.Module, dataset, batch_size: int, *, device=None, workers: int = 0,
+                       amp: bool | None = None, progress: bool = False) -> tuple[int, int]:
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
     use_amp = resolve_amp("auto", device).enabled if amp is None else amp
-    if len(dataset) == 0:
-        raise ValueError("evaluation dataset is empty")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     was_training = model.training
@@ -106,6 +114,16 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.d
                 total += int(labels.numel())
     finally:
         model.train(was_training)
+    return correct, total
+
+
+def _evaluate_sharded(model: nn.Module, dataset, dist: Distributed, batch_size: int, **kwargs) -> float:
+    """Accuracy over ``dataset``: each rank counts its shard (every W-th item), counts are summed."""
+    if not dist.enabled:
+        return evaluate(model, dataset, batch_size, **kwargs)
+    shard = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
+    counts = torch.tensor(_correct_and_total(model, shard, batch_size, **kwargs), dtype=torch.float64)
+    correct, total = dist.all_reduce_sum(counts).tolist()
     return 100.0 * correct / total
 
 
@@ -125,11 +143,14 @@ def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(params, lr=config.schedule.lr, weight_decay=config.schedule.weight_decay)
 
 
-def _train_loader(dataset, config: RunConfig, epoch: int, device: torch.device) -> DataLoader:
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, "order", epoch))
-    return DataLoader(dataset, batch_size=config.schedule.batch_size, shuffle=True,
-                      drop_last=config.schedule.drop_last, num_workers=config.data.workers, generator=generator,
-                      pin_memory=device.type == "cuda")
+def _train_loader(dataset, config: RunConfig, epoch: int, device: torch.device,
+                  dist: Distributed) -> tuple[DataLoader, list[int]]:
+    """This epoch's loader (this rank's slice of each seeded global batch) and the global batch sizes."""
+    sampler = GlobalBatchSampler(len(dataset), config.schedule.batch_size, config.schedule.drop_last,
+                                 derive_seed(config.seed, "order", epoch), dist.world_size, dist.rank)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.data.workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(derive_seed(config.seed, "loader", epoch)))
+    return loader, [len(batch) for batch in sampler.batches()]
 
 
 def _first_batches(dataset, count: int, batch_size: int, seed_key: tuple | None) -> list:
@@ -192,6 +213,7 @@ def _install_adapter(model: nn.Module, out: Path, backbone: dict) -> Path:
         raise OutputError(f"{final}: exists and holds files this run did not write ({', '.join(foreign) or final.name}); "
                           "move them away, or choose another --out")
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{ADAPTER_DIR}."))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the installed folder gets the usual mode
     try:
         save_adapter(model, tmp)
         write_json(tmp / BACKBONE_NAME, backbone)
@@ -263,19 +285,27 @@ class _LearningRate:
 
 
 # -------------------------------------------------------------------------------- training
-def _train_epoch(model, loader, optimizer, device, use_amp, show, desc, lr) -> tuple[float, int, float]:
+def _train_epoch(model, loader, sizes, optimizer, device, use_amp, show, desc, lr,
+                 dist: Distributed) -> tuple[float, int, float]:
+    """One epoch; returns (mean loss over steps, images, seconds). Under DDP each rank's loss is its
+    slice's sum / global batch · world size, so the averaged gradient is the global mean's."""
     model.train()
     total_loss, images_seen, steps = 0.0, 0, 0
     start = time.perf_counter()
     bar = _progress(loader, desc, show, total=len(loader))
     with _data_errors():
-        for images, labels in bar:
+        for (images, labels), global_size in zip(bar, sizes):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with autocast(device, use_amp):
                 logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-            value = loss.detach().item()
+            if dist.enabled:
+                summed = F.cross_entropy(logits.float(), labels, reduction="sum")
+                loss = summed * (dist.world_size / global_size)
+                value = float(dist.all_reduce_sum(summed.detach()).item()) / global_size
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+                value = loss.detach().item()
             if not math.isfinite(value):
                 raise TrainingDiverged(f"training loss is {value} at {desc}, step {steps + 1} (lr {lr:.3g}): the run "
                                        "diverged; lower option 'lr' or the method's option 'scale' (the last good "
@@ -284,7 +314,7 @@ def _train_epoch(model, loader, optimizer, device, use_amp, show, desc, lr) -> t
             loss.backward()
             optimizer.step()
             total_loss += value
-            images_seen += int(labels.shape[0])
+            images_seen += global_size
             steps += 1
             if show:
                 elapsed = max(time.perf_counter() - start, 1e-9)
@@ -303,16 +333,24 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
     """
     config = copy.deepcopy(config).validate()
     check_method(config.method)
+    dist, device_spec = from_environment(config.device)
+    config = config.replace(device=device_spec) if device_spec != config.device else config
     out = Path(config.out) if config.out else None
-    if out is None:
-        return _train(config, callbacks, execution)
+    if out is None or not dist.is_main:  # under torchrun, rank 0 holds the run folder and writes
+        try:
+            return _train(config, callbacks, execution, dist)
+        finally:
+            dist.close()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"option 'out': {out} exists and is not a directory")
-    with RunLock(out):
-        return _train(config, callbacks, execution)
+    try:
+        with RunLock(out):
+            return _train(config, callbacks, execution, dist)
+    finally:
+        dist.close()
 
 
-def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | None) -> dict:
+def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | None, dist: Distributed) -> dict:
     s = config.schedule
     if 0 < s.warmup_epochs and s.epochs <= s.warmup_epochs + 1:
         top = max(CosineSchedule.from_config(s).lrs())
@@ -324,6 +362,7 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
     amp = resolve_amp(config.amp, device)
     use_amp = amp.enabled
     out = Path(config.out) if config.out else None
+    writes = out is not None and dist.is_main  # only rank 0 writes checkpoints, adapters and run.json
     checkpoint = None
     if out is not None:
         ckpt_path, run_path = out / CHECKPOINT_NAME, out / RUN_NAME
@@ -349,14 +388,17 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         torch.cuda.reset_peak_memory_stats(device)
     built = build(config, device)
     model, task = built.model, built.task
-    # the compiled module shares the parameters; checkpoints and evaluation use ``model`` itself
-    forward = torch.compile(model) if config.compile else model
     schedule_cls = get_method(config.method.name).schedule
     held_out_share = schedule_cls.holdout_fraction(get_state(model).options) if schedule_cls else None
     train_data, held_out, held_out_info = _held_out(task, config, held_out_share)
     if s.drop_last and len(train_data) < s.batch_size:
         raise ConfigError(f"option 'batch_size': {s.batch_size} with drop_last, but the train split of '{task.name}' "
                           f"has only {len(train_data)} images, so no batch is left; lower --batch-size or pass --no-drop-last")
+    last = len(train_data) % s.batch_size
+    if dist.enabled and (s.batch_size < dist.world_size or (last and not s.drop_last and last < dist.world_size)):
+        raise ConfigError(f"option 'batch_size': {s.batch_size} over {dist.world_size} processes leaves a process "
+                          f"without images (the last batch has {last}); use a batch of at least one image per "
+                          "process, or --drop-last")
     weights_sha256 = sha256_file(config.model.weights) if config.model.weights else None
     learning_rate = _LearningRate(config)
     optimizer = _make_optimizer(model, config)
@@ -373,9 +415,10 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
                 epochs=s.epochs, warmup_epochs=s.warmup_epochs, seed=config.seed,
                 train_batches=lambda n: _first_batches(train_data, n, s.batch_size, (config.seed, "method-batches")),
                 validation_batches=None if held_out is None else (lambda n: _first_batches(held_out, n, eval_batch, None)),
-                validation_accuracy=None if held_out is None else (lambda: evaluate(
-                    model, held_out, eval_batch, device=device, workers=config.data.workers, amp=use_amp)),
-                validation_info=held_out_info, reset_classifier=reset_classifier), optimizer)
+                validation_accuracy=None if held_out is None else (lambda: _evaluate_sharded(
+                    model, held_out, dist, eval_batch, device=device, workers=config.data.workers, amp=use_amp)),
+                validation_info=held_out_info, reset_classifier=reset_classifier,
+                all_reduce_mean=dist.all_reduce_mean if dist.enabled else None), optimizer)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     progress = {"epoch": -1, "curve": [], "evaluations": [], "train_images": 0, "train_seconds": 0.0,
@@ -422,7 +465,7 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
     def save(epoch: int) -> None:
         progress["wall_seconds"] = prior_wall + (time.perf_counter() - segment_start)
         progress["peak_memory"] = max(progress["peak_memory"], peak_memory(device)["bytes"] or 0)
-        if out is None:
+        if not writes:
             return
         out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out / CHECKPOINT_NAME, {
@@ -441,6 +484,18 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         })
 
     paused = schedule.paused if schedule is not None else contextlib.nullcontext
+    wrapped: dict = {}
+
+    def forward_module() -> nn.Module:
+        """The module a training step calls: DDP over the trainable parameters under torchrun (built
+        again whenever they change, e.g. when heads are switched off), compiled with --compile; it
+        shares the parameters, and checkpoints and evaluation use ``model`` itself."""
+        key = tuple(id(p) for p in model.parameters() if p.requires_grad)
+        if wrapped.get("key") != key:
+            module = dist.wrap(model, device)
+            wrapped.update(key=key, module=torch.compile(module) if config.compile else module)
+        return wrapped["module"]
+
     try:
         for epoch in range(progress["epoch"] + 1, s.epochs):
             notes = act(schedule.on_epoch_start(epoch), epoch - 1) if schedule is not None else []
@@ -448,9 +503,10 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
             for group in optimizer.param_groups:
                 group["lr"] = lr
             seed_all(derive_seed(config.seed, "epoch", epoch))
-            loader = _train_loader(train_data, config, epoch, device)
+            loader, sizes = _train_loader(train_data, config, epoch, device, dist)
             desc = f"epoch {epoch + 1}/{s.epochs}"
-            loss, images, seconds = _train_epoch(forward, loader, optimizer, device, use_amp, show_bar, desc, lr)
+            loss, images, seconds = _train_epoch(forward_module(), loader, sizes, optimizer, device, use_amp, show_bar,
+                                                 desc, lr, dist)
             entry = {"epoch": epoch, "lr": lr, "train_loss": loss,
                      "phase": schedule.phase(epoch) if schedule is not None else "train",
                      "images": images, "seconds": round(seconds, 4),
@@ -461,8 +517,8 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
                 entry["events"] = notes
             if epoch == s.epochs - 1 or (s.eval_every > 0 and (epoch + 1) % s.eval_every == 0):
                 with paused():
-                    accuracy = evaluate(model, task.eval, eval_batch, device=device, workers=config.data.workers,
-                                        amp=use_amp, progress=show_bar)
+                    accuracy = _evaluate_sharded(model, task.eval, dist, eval_batch, device=device,
+                                                 workers=config.data.workers, amp=use_amp, progress=show_bar)
                 entry["eval_accuracy"] = accuracy
                 progress["evaluations"].append({"epoch": epoch, "accuracy": accuracy})
             progress["curve"].append(entry)
@@ -470,9 +526,10 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
             progress["train_seconds"] += seconds
             progress["epoch"] = epoch
             acc_text = f"  acc {entry['eval_accuracy']:.2f}" if entry["eval_accuracy"] is not None else ""
-            _log(config.quiet, f"{desc}  loss {loss:.4f}  lr {lr:.3e}  {entry['images_per_s'] or 0:.1f} img/s{acc_text}")
+            quiet = config.quiet or not dist.is_main
+            _log(quiet, f"{desc}  loss {loss:.4f}  lr {lr:.3e}  {entry['images_per_s'] or 0:.1f} img/s{acc_text}")
             for note in notes:
-                _log(config.quiet, note)
+                _log(quiet, note)
             save(epoch)
             for callback in callbacks:
                 callback(epoch, entry)
@@ -513,12 +570,12 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         "train_seconds": round(progress["train_seconds"], 3),
         "wall_time_s": round(progress["wall_seconds"], 3),
         "resumed_at_epochs": progress["resumed_at"],
-        "execution": {"executor": "direct", "world_size": 1, "nodes": [platform.node()], **(execution or {})},
+        "execution": {"executor": "torchrun" if dist.enabled else "direct", **dist.record(), **(execution or {})},
         "started_at": progress["started_at"],
         "finished_at": _now(),
         "files": None,
     }
-    if out is not None:
+    if writes:
         backbone = {"model": config.model.name, "weights": config.model.weights, "weights_sha256": weights_sha256,
                     "kwargs": config.model.kwargs, "img_size": config.data.image_size, "seed": config.seed,
                     "drop_path": config.model.drop_path, "normalize": config.data.normalize,

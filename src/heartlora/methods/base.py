@@ -65,6 +65,8 @@ class ScheduleContext:
     validation_info: dict | None = None
     # re-create the classifier the way the loop made it (None: reset its layers' parameters)
     reset_classifier: Callable[[], None] | None = None
+    # data-parallel loops: the mean of a tensor over all processes (measurements must agree)
+    all_reduce_mean: Callable[[Any], Any] | None = None
 
 
 @dataclass

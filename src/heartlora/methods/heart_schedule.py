@@ -182,7 +182,7 @@ class HeartLoRASchedule(MethodSchedule):
             return self._select(-1)
         kind = self.options["score"]
         if self._scoring(epoch) and kind != "ablation" and self.scorer is None:
-            self.scorer = HeadScorer(self.model, kind)
+            self.scorer = HeadScorer(self.model, kind, reduce=self.context.all_reduce_mean)
             if self.pending_scores:
                 restore_scoring_state(self.model, self.pending_scores)
         self.pending_scores = None

@@ -74,6 +74,7 @@ class LowRankQKV(AdapterLayer):
         self._loaded_versions: tuple[int, int] | None = None
         self._stored_cache: dict[str, torch.Tensor] | None = None
         self.score_kind: str | None = None
+        self.score_reduce = None  # set by HeadScorer(reduce=...) in data-parallel loops
         self.register_buffer("score_sum", torch.zeros(heads, device=device), persistent=False)
         self.score_batches = 0
         self.reset_parameters()
@@ -167,10 +168,14 @@ class LowRankQKV(AdapterLayer):
     def _taylor_hook(self, b_eff: torch.Tensor):
         # |∂L/∂g_h| for a gate g_h = 1 on head h's delta equals |Σ ∂L/∂B_h ⊙ B_h| over its block
         # (targets summed: one gate per head), so it costs no extra pass.
+        reduce = self.score_reduce
+
         def hook(grad: torch.Tensor) -> None:
             # tensor ops only (no Python counters): keeps the hook inside a torch.compile graph
-            per_head = (grad.detach().float() * b_eff.float()).sum(dim=(0, 2, 3)).abs()
-            self.score_sum.index_add_(0, self.active_heads, per_head)
+            signed = (grad.detach().float() * b_eff.float()).sum(dim=(0, 2, 3))
+            if reduce is not None:  # data-parallel: this step's gradient is the mean over processes
+                signed = reduce(signed)
+            self.score_sum.index_add_(0, self.active_heads, signed.abs())
 
         return hook
 

@@ -41,26 +41,29 @@ class HeadScorer:
     Use as a context manager around the scoring epochs.
     """
 
-    def __init__(self, model: nn.Module, kind: str = "taylor"):
+    def __init__(self, model: nn.Module, kind: str = "taylor", reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if kind not in ACCUMULATED + ("weight",):
             raise ValueError(f"score '{kind}' cannot be accumulated during training; "
                              f"use one of taylor, activation, weight (ablation: ablation_scores)")
-        self.kind = kind
+        self.kind, self.reduce = kind, reduce  # reduce: mean over data-parallel processes
         self.layers = _layers(model)
         for layer in self.layers:
             layer.reset_scores()
             layer.score_kind = kind if kind in ACCUMULATED else None
+            layer.score_reduce = reduce if kind == "taylor" else None
 
     def scores(self) -> list[torch.Tensor]:
         if self.kind == "weight":
             return [layer.weight_scores().cpu() for layer in self.layers]
         if self.kind == "activation":
-            return [(l.score_sum / max(l.score_batches, 1)).cpu() for l in self.layers]
+            means = [l.score_sum / max(l.score_batches, 1) for l in self.layers]
+            return [(self.reduce(m) if self.reduce is not None else m).cpu() for m in means]
         return [l.score_sum.detach().clone().cpu() for l in self.layers]
 
     def close(self) -> None:
         for layer in self.layers:
             layer.score_kind = None
+            layer.score_reduce = None
 
     def __enter__(self) -> "HeadScorer":
         return self
