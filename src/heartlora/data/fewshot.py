@@ -3,9 +3,12 @@
 ``<root>/<dataset>/annotations/train_meta.list.num_shot_{K}.seed_{S}`` and
 ``.../annotations/test_meta.list`` (the lists may also sit directly in ``<root>/<dataset>/``),
 lines ``<relative path> <label>``. Where the images sit relative to the dataset folder differs
-between copies and datasets (NOAH flattens them into ``images/``; the original archives keep
-``data/images/`` for FGVC-Aircraft, ``jpg/`` for Flowers-102, …), so each list is resolved
-against the documented sub-roots in turn (see ``IMAGE_ROOTS``).
+between copies and datasets (NOAH's loader joins ``<folder>/images/<line path>``, but Cars lines
+``cars_train/…`` to the folder itself; the original archives keep ``data/images/`` for
+FGVC-Aircraft, ``jpg/`` for Flowers-102, …), so each list is resolved against the documented
+sub-roots in turn (see ``IMAGE_ROOTS``). NOAH ships only the lists (``standford-cars/annotations``)
+and points to CoOp's folders for the images (``stanford_cars/cars_train``): when a root holds
+both, the images are also looked for in the other folders named for the same dataset.
 
 Protocols: ``final`` trains on the K-shot list of seed S and evaluates on test. The field's
 protocol has no validation split; ``tune`` is served only when a ``val_meta.list`` exists
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from .listfile import read_list
 from .splits import Layout, SplitSource
-from .tasks import FEWSHOT_DATASETS, resolve_task_dir
+from .tasks import FEWSHOT_DATASETS, other_task_dirs, resolve_task_dir
 
 #: Candidate image roots, relative to the dataset folder, tried in order ("" = the folder itself).
 IMAGE_ROOTS: dict[str, tuple[str, ...]] = {
@@ -28,6 +31,11 @@ IMAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "oxford_flowers102": ("jpg", "images", ""),
     "oxford_pets": ("images", "oxford-iiit-pet/images", ""),
     "stanford_cars": ("", "images"),
+}
+#: The sub-root NOAH's loader (``lib/datasets.py``, ``general_dataset_few_shot``) joins list paths to.
+NOAH_IMAGE_ROOTS: dict[str, str] = {
+    "fgvc_aircraft": "images", "food101": "images", "oxford_flowers102": "images", "oxford_pets": "images",
+    "stanford_cars": "",
 }
 LIST_DIR = "annotations"
 TEST_LIST = "test_meta.list"
@@ -88,7 +96,8 @@ def locate_fewshot(root: str | Path, task: str | None, shots: int | None = None,
     """
     name, directory = _directory(Path(root), task)
     num_classes = FEWSHOT_DATASETS[name]
-    roots = [directory / sub if sub else directory for sub in IMAGE_ROOTS[name]]
+    folders = [directory, *other_task_dirs(Path(root), directory, "fewshot")]
+    roots = [folder / sub if sub else folder for folder in folders for sub in IMAGE_ROOTS[name]]
     found = available_lists(directory)
 
     def source(list_name: str, optional: bool = False, hint: str = "") -> SplitSource:

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError
-from .fewshot import IMAGE_ROOTS, LIST_DIR, TEST_LIST, VAL_LIST, train_list_name
-from .tasks import FEWSHOT_DATASETS, VTAB_TASKS, canonical_task
+from .fewshot import IMAGE_ROOTS, LIST_DIR, NOAH_IMAGE_ROOTS, TEST_LIST, VAL_LIST, train_list_name
+from .tasks import FEWSHOT_DATASETS, FEWSHOT_FOLDERS, VTAB_TASKS, canonical_task
 
 
 def class_image(label: int, num_classes: int, size: int, rng: np.random.Generator) -> Image.Image:
@@ -75,38 +75,54 @@ def make_vtab(root: str | Path, tasks: Sequence[str] = ("cifar",), n_train: int 
     return root
 
 
-def _fewshot_file(name: str, label: int, number: int) -> str:
-    """File names shaped like the real datasets': Food-101 keeps class sub-folders, Cars a
-    ``cars_train/`` folder, the others are flat."""
+def _fewshot_file(name: str, label: int, number: int, split: str) -> str:
+    """File names shaped like the lines of NOAH's lists: Food-101 ``<class>/<id>.jpg``, Cars
+    ``cars_train/<id>.jpg`` (test: ``cars_test/``), Flowers ``image_<id>.jpg``, Pets
+    ``<breed>_<n>.jpg``, Aircraft ``<7 digits>.jpg``."""
     if name == "food101":
         return f"class_{label:03d}/{number:06d}.jpg"
     if name == "stanford_cars":
-        return f"cars_train/{number:05d}.jpg"
+        return f"cars_{'test' if split == 'test' else 'train'}/{number:05d}.jpg"
+    if name == "oxford_flowers102":
+        return f"image_{number:05d}.jpg"
+    if name == "oxford_pets":
+        return f"breed_{label:02d}_{number}.jpg"
     return f"{number:07d}.jpg"
+
+
+FEWSHOT_LAYOUTS = ("canonical", "noah")
 
 
 def make_fewshot(root: str | Path, dataset: str = "oxford_pets", shots: Sequence[int] = (1, 2),
                  seeds: Sequence[int] = (0,), n_test: int = 10, image_size: int = 32, seed: int = 0,
-                 *, n_val: int = 0) -> Path:
+                 *, n_val: int = 0, layout: str = "canonical") -> Path:
     """NOAH few-shot layout: ``root/<dataset>/annotations/train_meta.list.num_shot_K.seed_S``,
-    ``test_meta.list`` (and ``val_meta.list`` if ``n_val`` > 0), images under the dataset's
-    documented sub-root (``IMAGE_ROOTS[dataset][0]``: ``images/``, ``data/images/``, ``jpg/``, …).
+    ``test_meta.list`` (and ``val_meta.list`` if ``n_val`` > 0).
+
+    ``layout="canonical"``: the folder has the canonical name and the images sit under the
+    dataset's first documented sub-root (``IMAGE_ROOTS``: ``images/``, ``data/images/``, ``jpg/``,
+    …). ``layout="noah"``: as NOAH distributes it, the folder named as in NOAH's annotation tree
+    (``standford-cars``, ``oxford-flowers102``, …), images where NOAH's loader joins them
+    (``images/``; Cars: the folder itself), and the 1-shot Pets lists with every line twice.
 
     Per list seed, each class gets max(shots) images; the K-shot list takes the first K, so
     lists of one seed are nested, as in the field's splits. The class count is the real one.
     """
+    if layout not in FEWSHOT_LAYOUTS:
+        raise DataError(f"option 'layout': got {layout!r}; expected one of: {', '.join(FEWSHOT_LAYOUTS)}")
     name = canonical_task(dataset, "fewshot")
     classes = FEWSHOT_DATASETS[name]
-    directory = Path(root) / name
-    sub = IMAGE_ROOTS[name][0]
+    noah = layout == "noah"
+    directory = Path(root) / (FEWSHOT_FOLDERS["noah"][name] if noah else name)
+    sub = NOAH_IMAGE_ROOTS[name] if noah else IMAGE_ROOTS[name][0]
     image_root = directory / sub if sub else directory
     rng = np.random.default_rng(seed)
     number = 0
 
-    def new_image(label: int) -> str:
+    def new_image(label: int, split: str = "train") -> str:
         nonlocal number
         number += 1
-        rel = _fewshot_file(name, label, number)
+        rel = _fewshot_file(name, label, number, split)
         _write(image_root / rel, class_image(label, classes, image_size, rng))
         return rel
 
@@ -114,11 +130,13 @@ def make_fewshot(root: str | Path, dataset: str = "oxford_pets", shots: Sequence
     for list_seed in seeds:
         pool = {c: [new_image(c) for _ in range(most)] for c in range(classes)}
         for k in shots:
-            lines = [(rel, c) for c in range(classes) for rel in pool[c][:k]]
+            repeat = 2 if noah and name == "oxford_pets" and k == 1 else 1
+            lines = [(rel, c) for c in range(classes) for rel in pool[c][:k] for _ in range(repeat)]
             _write_list(directory / LIST_DIR / train_list_name(k, list_seed), lines)
-    for list_name, count in ((TEST_LIST, n_test), (VAL_LIST, n_val)):
+    for list_name, count, split in ((TEST_LIST, n_test, "test"), (VAL_LIST, n_val, "val")):
         if count or list_name == TEST_LIST:
-            _write_list(directory / LIST_DIR / list_name, [(new_image(i % classes), i % classes) for i in range(count)])
+            lines = [(new_image(i % classes, split), i % classes) for i in range(count)]
+            _write_list(directory / LIST_DIR / list_name, lines)
     return Path(root)
 
 

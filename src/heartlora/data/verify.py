@@ -26,7 +26,7 @@ def verify(kind: str, root: str, task: str | None = None, shots: int | None = No
     give both to get the hash a run with those options records.
 
     Returns a JSON-serialisable dict: ``ok``, ``kind``, ``task``, ``directory``,
-    ``num_classes``, ``splits`` (per split: file, path, exists, samples, labels {min, max,
+    ``num_classes``, ``splits`` (per split: file, path, exists, samples, image_root, labels {min, max,
     distinct}, duplicates, unreadable, problems by kind, sha256), ``problems`` and ``warnings``
     (dicts with kind, file, line, message), ``manifest`` and ``manifest_hash``.
     """
@@ -48,6 +48,7 @@ def verify(kind: str, root: str, task: str | None = None, shots: int | None = No
         found = content.problems + unreadable
         record.update(
             samples=len(content.entries),
+            image_root=str(content.image_root),
             labels=labels_summary(entry.label for entry in content.entries),
             duplicates=[{"line": line, "repeats_line": first} for line, first in content.duplicates],
             unreadable=len(unreadable),
