@@ -218,6 +218,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     verify.add_argument("--fewshot-seed", default=None, type=_nonneg_int, help="few-shot list seed S")
     verify.add_argument("--check-images", default=True, action=argparse.BooleanOptionalAction, help="decode every image")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--allow-outside-root", action="store_true",
+                        help="accept list lines whose image path is absolute or leaves the data folder via '..'")
     verify.set_defaults(func=_cmd_verify)
 
     _bench_parsers(sub, suppress)
@@ -519,7 +521,7 @@ def _cmd_verify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .data import format_verify_report, verify
 
     report = verify(args.kind, args.root, args.task, shots=args.shots, seed=args.fewshot_seed,
-                    check_images=args.check_images)
+                    check_images=args.check_images, allow_outside_root=args.allow_outside_root)
     print(json.dumps(report, indent=2) if args.json else format_verify_report(report))
     return 0 if report["ok"] else EXIT_FAILURE
 

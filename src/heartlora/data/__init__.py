@@ -13,6 +13,7 @@ Layouts: ``vtab`` (``<root>/<task>/{train800,val200,train800val200,test}.txt``),
 file and line, or the option, and what was expected.
 """
 from .errors import DataError, DataWarning
+from .fingerprint import compare_fingerprints, content_fingerprint, describe_changes
 from .loader import KINDS, PROTOCOLS, TaskData, load_task
 from .manifest import manifest_hash
 from .tasks import FEWSHOT_DATASETS, VTAB_GROUPS, VTAB_TASKS, canonical_task
@@ -21,6 +22,6 @@ from .verify import format_verify_report, verify
 
 __all__ = [
     "DataError", "DataWarning", "FEWSHOT_DATASETS", "KINDS", "NORMALIZATIONS", "PROTOCOLS", "TaskData",
-    "VTAB_GROUPS", "VTAB_TASKS", "build_transform", "canonical_task", "format_verify_report", "load_task",
-    "manifest_hash", "verify",
+    "VTAB_GROUPS", "VTAB_TASKS", "build_transform", "canonical_task", "compare_fingerprints", "content_fingerprint",
+    "describe_changes", "format_verify_report", "load_task", "manifest_hash", "verify",
 ]

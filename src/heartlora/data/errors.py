@@ -50,3 +50,27 @@ def raise_first(problems: list[Problem], hint: str = "") -> None:
         message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''}"
         message += f"; {hint})" if hint else ")"
     raise DataError(message)
+
+
+def printable(text: object) -> str:
+    """``str(text)`` safe to print and to encode as UTF-8.
+
+    On POSIX, Python decodes file-name bytes that are not UTF-8 to lone surrogates
+    (``'caf\\udce9.jpg'``), which crash ``print`` and ``str.encode``; here they become ``\\xNN``
+    (``'caf\\xe9.jpg'``), which shows the user exactly which byte is at fault.
+    """
+    text = str(text)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file name decoded to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` (e.g. a file name from the OS) came from valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

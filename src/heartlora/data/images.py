@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 import torch
 from PIL import Image
 
+from .decode import UnsupportedImage, conversion_error, to_rgb
 from .errors import DataError, Problem, location
 from .splits import SplitContent
 
@@ -20,42 +21,50 @@ _CHECK_SIZE = (64, 64)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open with PIL and convert to RGB (grayscale, palette and RGBA copies exist in the wild)."""
+    """Open with PIL and convert to 8-bit RGB by the rules of ``heartlora.data.decode`` (16-bit and
+    float greyscale scaled by their range, transparency over white); raises UnsupportedImage."""
     with open(path, "rb") as handle:
         image = Image.open(handle)
-        return image.convert("RGB")
+        image.load()
+        return to_rgb(image)
 
 
-def image_error(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be decoded, or ``None`` if it can.
+def image_error(path: str | os.PathLike) -> Exception | None:
+    """Why ``path`` cannot be decoded to RGB (the exception), or ``None`` if it can.
 
     JPEGs are decoded in draft mode (reduced DCT scale): every byte is still read, so truncated
-    or corrupt files fail, but checking a large split is several times faster.
+    or corrupt files fail, but checking a large split is several times faster. Modes that need
+    more than PIL's conversion (16-bit, float) are converted in full, so their range is checked.
     """
     try:
         with Image.open(path) as image:
             image.draft("RGB", _CHECK_SIZE)
             image.load()
-    except FileNotFoundError:
-        return "file not found"
+            reason = conversion_error(image)
     except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, …)
-        return f"{type(err).__name__}: {err}"
-    return None
+        return err
+    return UnsupportedImage(reason) if reason is not None else None
 
 
-def unreadable_problem(image: str | os.PathLike, source: str | os.PathLike, line: int | None, reason: str) -> Problem:
+def image_problem(image: str | os.PathLike, source: str | os.PathLike, line: int | None, err: Exception) -> Problem:
+    """The Problem for an image that failed with ``err``: unreadable, or readable with no RGB form."""
     where = f"listed in {location(source, line)}" if line is not None else f"in {source}"
+    if isinstance(err, UnsupportedImage):
+        return Problem("unsupported_image", str(image), line,
+                       f"{image} ({where}): cannot convert image to 8-bit RGB faithfully: {err}")
+    reason = "file not found" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
     return Problem("unreadable", str(image), line,
                    f"{image} ({where}): cannot read image ({reason}); expected an image file that PIL can open")
 
 
 def check_split_images(content: SplitContent, source: Path, workers: int | None = None) -> list[Problem]:
-    """One Problem per unreadable image of a split, in list order (threads: PIL decodes without the GIL)."""
+    """One Problem per unreadable or unconvertible image of a split, in list order (threads: PIL
+    decodes without the GIL)."""
     paths = [str(content.image_path(entry)) for entry in content.entries]
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         errors = list(pool.map(image_error, paths, chunksize=64))
-    return [unreadable_problem(path, source, entry.line, err)
+    return [image_problem(path, source, entry.line, err)
             for path, entry, err in zip(paths, content.entries, errors) if err is not None]
 
 
@@ -87,8 +96,7 @@ class ImageListDataset(torch.utils.data.Dataset):
         try:
             image = load_image(path)
         except Exception as err:
-            reason = "file not found" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
-            raise DataError(unreadable_problem(path, self.source, self.lines[index], reason).message) from err
+            raise DataError(image_problem(path, self.source, self.lines[index], err).message) from err
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]

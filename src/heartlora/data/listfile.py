@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import Problem, location
+from .roots import escapes_root
 from .splits import Entry, SplitContent
 
 _INT = re.compile(r"[+-]?\d+")
@@ -80,7 +81,8 @@ def duplicate_warning(file: Path, duplicates: list[tuple[int, int]]) -> Problem:
 
 
 def choose_image_root(entries: list[Entry], roots: Sequence[Path]) -> Path:
-    """The first candidate root under which the first listed image exists.
+    """The first candidate root under which the first listed image (that stays inside its root)
+    exists.
 
     Few-shot copies differ in where images sit relative to the dataset folder (``images/``,
     ``data/images/``, ``jpg/``, the folder itself); probing one file decides it once per list
@@ -88,8 +90,9 @@ def choose_image_root(entries: list[Entry], roots: Sequence[Path]) -> Path:
     the missing files surface as unreadable images in ``verify`` or at load time.
     """
     roots = [Path(r) for r in roots]
-    if len(roots) > 1 and entries:
+    probe = next((entry.path for entry in entries if not escapes_root(entry.path)), None)
+    if len(roots) > 1 and probe is not None:
         for root in roots:
-            if (root / entries[0].path).is_file():
+            if (root / probe).is_file():
                 return root
     return roots[0]

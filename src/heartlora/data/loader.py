@@ -17,6 +17,7 @@ from .fewshot import locate_fewshot
 from .folder import locate_folder
 from .images import ImageListDataset, check_split_images
 from .manifest import build_manifest, manifest_hash
+from .roots import outside_root_problems
 from .splits import Layout, SplitContent
 from .transforms import build_transform
 from .vtab import locate_vtab
@@ -34,7 +35,9 @@ class TaskData:
     ``manifest`` lists every split read (file relative to the task folder, samples, sha256)
     and which split is train/eval; ``manifest_hash`` is the hash ``verify`` prints for the same
     data (see ``heartlora.data.manifest``). ``warnings`` repeats the DataWarnings emitted while
-    loading, for the run record. ``classes`` holds class names when the layout has them (folders).
+    loading, for the run record. ``classes`` holds class names when the layout has them (folders,
+    custom VTAB-layout tasks). ``directory`` is the task folder (image names in a content
+    fingerprint are relative to it, see ``heartlora.data.fingerprint``).
     """
 
     name: str
@@ -45,6 +48,7 @@ class TaskData:
     manifest_hash: str
     classes: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
+    directory: Path | None = None
 
 
 def _check_int(option: str, value: object, minimum: int) -> None:
@@ -74,8 +78,9 @@ def locate(kind: str, root: str | Path, task: str | None = None, shots: int | No
     return locate_fewshot(root, task, shots, seed)
 
 
-def read_splits(layout: Layout, required: tuple[str, ...]) -> dict[str, SplitContent]:
-    """Read every present split of ``layout``; raise on the first problem.
+def read_splits(layout: Layout, required: tuple[str, ...], allow_outside_root: bool = False) -> dict[str, SplitContent]:
+    """Read every present split of ``layout``; raise on the first problem (an image path outside
+    its root is one unless ``allow_outside_root``).
 
     Splits the protocol does not use are read too, because the manifest hash covers the whole
     task (it must equal what ``verify`` prints); absent unused splits are skipped.
@@ -87,7 +92,8 @@ def read_splits(layout: Layout, required: tuple[str, ...]) -> dict[str, SplitCon
                 raise DataError(source.missing_problem().message)
             continue
         content = source.read()
-        raise_first(content.problems, VERIFY_HINT)
+        outside = [] if allow_outside_root else outside_root_problems(content, source.path)
+        raise_first(content.problems + outside, VERIFY_HINT)
         contents[name] = content
     return contents
 
@@ -95,7 +101,7 @@ def read_splits(layout: Layout, required: tuple[str, ...]) -> dict[str, SplitCon
 def load_task(kind: str, root: str, task: str | None = None, *, split: str = "final",
               shots: int | None = None, seed: int | None = None, image_size: int = 224,
               normalize: str = "none", augment: bool = False, num_classes: int | None = None,
-              check_images: bool = False) -> TaskData:
+              check_images: bool = False, allow_outside_root: bool = False) -> TaskData:
     """Load a task's train and eval datasets for a protocol.
 
     kind: ``vtab`` | ``fewshot`` | ``folder``. ``task`` is the task/dataset name (any alias) under
@@ -107,6 +113,8 @@ def load_task(kind: str, root: str, task: str | None = None, *, split: str = "fi
     ignored for other kinds). ``augment`` applies the few-shot training augmentation (see
     ``build_transform``) to the train split only. ``num_classes``, when given, must equal the
     task's class count. ``check_images`` decodes every train/eval image up front.
+    allow_outside_root: accept list lines whose image path is absolute or leaves the image root
+    through ``..`` (refused by default: see ``heartlora.data.roots``).
     Raises DataError naming the file and line, or the option, at fault.
     """
     if split not in PROTOCOLS:
@@ -120,7 +128,7 @@ def load_task(kind: str, root: str, task: str | None = None, *, split: str = "fi
                         f"({layout.directory}) has {layout.num_classes} classes; expected --num-classes "
                         f"{layout.num_classes} (or leave the option out)")
     train_name, eval_name = layout.role(protocol)
-    contents = read_splits(layout, (train_name, eval_name))
+    contents = read_splits(layout, (train_name, eval_name), allow_outside_root)
 
     messages: list[str] = []
     for content in contents.values():
@@ -136,4 +144,4 @@ def load_task(kind: str, root: str, task: str | None = None, *, split: str = "fi
     train = ImageListDataset(contents[train_name], layout.splits[train_name].path, train_transform)
     evaluation = ImageListDataset(contents[eval_name], layout.splits[eval_name].path, eval_transform)
     return TaskData(layout.name, train, evaluation, layout.num_classes, manifest, manifest_hash(manifest),
-                    classes=layout.classes, warnings=messages)
+                    classes=layout.classes, warnings=messages, directory=layout.directory)

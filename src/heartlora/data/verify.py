@@ -10,20 +10,22 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict
 
-from .errors import Problem
+from .errors import Problem, printable
 from .images import check_split_images, labels_summary
 from .loader import locate
 from .manifest import build_manifest, manifest_hash
+from .roots import inside_root, outside_root_problems
 from .splits import SplitContent
 
 SHOWN_PROBLEMS = 20
 
 
 def verify(kind: str, root: str, task: str | None = None, shots: int | None = None,
-           seed: int | None = None, *, check_images: bool = True) -> dict:
+           seed: int | None = None, *, check_images: bool = True, allow_outside_root: bool = False) -> dict:
     """Report split sizes, label range vs class count, duplicates, unreadable files and the
     manifest hash. For few-shot data, leaving out ``shots``/``seed`` checks every list present;
-    give both to get the hash a run with those options records.
+    give both to get the hash a run with those options records. Image paths outside their root
+    are problems (and are not opened) unless ``allow_outside_root``.
 
     Returns a JSON-serialisable dict: ``ok``, ``kind``, ``task``, ``directory``,
     ``num_classes``, ``splits`` (per split: file, path, exists, samples, image_root, labels {min, max,
@@ -44,8 +46,10 @@ def verify(kind: str, root: str, task: str | None = None, shots: int | None = No
                 problems.append(source.missing_problem())
             continue
         content = source.read()
-        unreadable = check_split_images(content, source.path) if check_images else []
-        found = content.problems + unreadable
+        outside = [] if allow_outside_root else outside_root_problems(content, source.path)
+        checked = content if allow_outside_root else inside_root(content)
+        unreadable = check_split_images(checked, source.path) if check_images else []
+        found = content.problems + outside + unreadable
         record.update(
             samples=len(content.entries),
             image_root=str(content.image_root),
@@ -83,7 +87,8 @@ def _labels(labels: dict | None) -> str:
 
 
 def format_verify_report(report: dict) -> str:
-    """Human-readable text of a ``verify`` report (at most SHOWN_PROBLEMS problems listed)."""
+    """Human-readable text of a ``verify`` report (at most SHOWN_PROBLEMS problems listed), safe to
+    print: file names that are not UTF-8 (e.g. in the data root's own path) show bytes as ``\\xNN``."""
     lines = [f"{report['kind']} task '{report['task']}' at {report['directory']}: {report['num_classes']} classes"]
     width = max([len(name) for name in report["splits"]] + [5])
     lines.append(f"  {'split':<{width}}  {'samples':>7}  {'labels':<22} {'dup':>4} {'unreadable':>10}  file")
@@ -104,4 +109,4 @@ def format_verify_report(report: dict) -> str:
     lines.append(f"manifest hash: {report['manifest_hash']}")
     count = len(report["problems"])
     lines.append("result: OK" if report["ok"] else f"result: FAILED ({count} problem{'s' if count != 1 else ''})")
-    return "\n".join(lines)
+    return printable("\n".join(lines))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from .errors import DataError
+from .errors import DataError, location
 from .listfile import read_list
 from .splits import Layout, SplitSource
 from .tasks import VTAB_TASKS, lookup_task, resolve_task_dir
@@ -44,20 +44,36 @@ CLASSES_FILE = "classes.txt"
 
 def _custom_task(root: Path, task: str | None) -> Layout | None:
     """A task of one's own in the VTAB-1K layout: a folder with the four lists and a
-    ``classes.txt`` (one class name per line) that declares the class count."""
+    ``classes.txt`` (one class name per line; label ``i`` is the ``i``-th non-blank line)
+    that declares the class count and names."""
     directory = root / task if task is not None else root
     if lookup_task(task if task is not None else directory.name, "vtab") is not None:
         return None  # a VTAB-1K task: its class count comes from the benchmark
     classes_file = directory / CLASSES_FILE
     if not (directory.is_dir() and has_lists(directory) and classes_file.is_file()):
         return None
-    classes = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+    try:
+        text = classes_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{classes_file}: cannot read ({err}); expected a UTF-8 text file, "
+                        "one class name per line") from err
+    classes: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        name = raw.strip()
+        if not name:
+            continue
+        if name in first_line:
+            raise DataError(f"{location(classes_file, number)}: class '{name}' repeats line {first_line[name]}; "
+                            "expected distinct class names, one per line")
+        first_line[name] = number
+        classes.append(name)
     if not classes:
         raise DataError(f"{classes_file}: empty; expected one class name per line")
-    return _layout(directory.name, directory, len(classes))
+    return _layout(directory.name, directory, len(classes), classes)
 
 
-def _layout(name: str, directory: Path, num_classes: int) -> Layout:
+def _layout(name: str, directory: Path, num_classes: int, classes: list[str] | None = None) -> Layout:
     hint = (f"expected the VTAB-1K lists {_FILES} in {directory}, "
             "lines 'images/<split>/<file>.jpg <label>'")
     splits = {
@@ -66,4 +82,4 @@ def _layout(name: str, directory: Path, num_classes: int) -> Layout:
                            missing_hint=hint)
         for split in SPLITS
     }
-    return Layout("vtab", name, directory, num_classes, splits, dict(ROLES))
+    return Layout("vtab", name, directory, num_classes, splits, dict(ROLES), classes=classes)
