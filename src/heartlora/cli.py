@@ -474,7 +474,10 @@ def _cmd_serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
           f"device {model.device})", flush=True)
     server = make_server(app, sock, args.log_level)
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=[sock])  # uvicorn shuts down gracefully on Ctrl-C, then re-raises it
+    except KeyboardInterrupt:
+        print(f"{PROG} serve: stopped (interrupted)", file=sys.stderr)
+        return 130
     finally:
         sock.close()
     return 0

@@ -13,8 +13,8 @@ Endpoints:
 Requests are decoded on the server's thread pool and batched together across tasks by one
 :class:`~heartlora.serve.batcher.MicroBatcher` (``max_batch``, ``max_wait_ms``).
 """
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request, imported
+# lazily inside create_app) as objects
 import asyncio
 import contextlib
 import socket
@@ -86,7 +86,7 @@ def create_app(model: MultiTask, *, max_batch: int = 32, max_wait_ms: float = 5.
     async def image_and_fields(request: Request) -> tuple[bytes, str, dict]:
         body = await read_body(request)
         fields = dict(request.query_params)
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             async def replay() -> dict:
                 return {"type": "http.request", "body": body, "more_body": False}
 
