@@ -40,8 +40,9 @@ def _check(model, references, images, tasks):
 
 
 @torch.no_grad()
-def test_mixed_batch_equals_each_adapter_alone_in_any_order(task_dirs, references):
-    model = MultiTask(backbone(), task_dirs)
+@pytest.mark.parametrize("routing", ["segments", "dense"])
+def test_mixed_batch_equals_each_adapter_alone_in_any_order(task_dirs, references, routing):
+    model = MultiTask(backbone(), task_dirs, routing=routing)
     assert model.tasks == list(TASKS)
     tasks = ["flowers", "dtd", "pets", "dtd", "pets", "flowers", "flowers", "dtd", "pets"]
     images = _batch(len(tasks))
@@ -62,18 +63,19 @@ def test_the_backbone_is_held_once_and_switched_off_heads_stay_zero(task_dirs):
     layers = [m for m in model.modules() if isinstance(m, MultiTaskQKV)]
     assert len(layers) == 2
     # columns: flowers q,v rank 4 (8), dtd q,k,v rank 2 (6), pets q,v rank 3 (6)
-    assert all(layer.down.shape == (20, 48) and layer.up.shape == (144, 20) for layer in layers)
+    assert all(layer.down.shape == (20, 48) and layer.up_t.shape == (20, 144) for layer in layers)
     dtd = slice(8, 14)
     head_dim = 12
     for layer, mask in zip(layers, TASKS["dtd"][3]):
         for head, on in enumerate(mask):
             rows = [t * 48 + head * head_dim + r for t in range(3) for r in range(head_dim)]
-            assert (layer.up[rows, dtd].abs().sum() > 0) == on
+            assert (layer.up_t[dtd, rows].abs().sum() > 0) == on
 
 
 @torch.no_grad()
-def test_add_and_remove_tasks_while_serving(task_dirs, references, tmp_path):
-    model = MultiTask(backbone(), {"flowers": task_dirs["flowers"]})
+@pytest.mark.parametrize("routing", ["segments", "dense"])
+def test_add_and_remove_tasks_while_serving(task_dirs, references, routing):
+    model = MultiTask(backbone(), {"flowers": task_dirs["flowers"]}, routing=routing)
     images = _batch(6)
     _check(model, references, images[:2], ["flowers", "flowers"])
     model.add_task("pets", task_dirs["pets"])
@@ -193,9 +195,9 @@ def test_swin_windows_are_routed_to_their_sample(tmp_path):
         ref = swin()
         new_classifier(ref, classes)
         references[name] = heartlora.load_adapter(ref, dirs[name]).eval()
-    model = MultiTask(swin(), dirs)
     images = _batch(4, seed=3)
     tasks = ["b", "a", "a", "b"]
-    out = model(images, tasks)
-    for i, task in enumerate(tasks):
-        torch.testing.assert_close(out.per_sample()[i], references[task](images)[i], atol=TOL, rtol=0)
+    for routing in ("segments", "dense"):
+        out = MultiTask(swin(), dirs, routing=routing)(images, tasks)
+        for i, task in enumerate(tasks):
+            torch.testing.assert_close(out.per_sample()[i], references[task](images)[i], atol=TOL, rtol=0)

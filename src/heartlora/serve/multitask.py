@@ -10,14 +10,20 @@
     out.per_sample()  # list of (C_task,) tensors
 
 Each attention block's ``qkv`` becomes a :class:`MultiTaskQKV` holding the effective factors of
-every task side by side: ``A_all`` (Σ_t n_t·r_t, d) and ``B_all`` (3·H·d_h, Σ_t n_t·r_t), with each
-task's switched-off head rows exactly zero and its scale folded in. Per batch,
-``z = x·A_allᵀ`` gives every task's low-rank activations at once (the width is tiny), a
-per-sample column mask keeps only each sample's own task's columns, and one in-place ``addmm``
-with ``B_all`` adds them to the frozen ``qkv`` output. The factors are gathered per weight (only
-the columns of the tasks present in the batch), never per sample or token. Classifiers of
-different sizes are one concatenated Linear with per-task row slices; each sample's slice is
-gathered into a padded tensor.
+every task side by side: ``down`` = A_all (Σ_t n_t·r_t, d) and ``up_t`` = B_allᵀ, with each task's
+switched-off head rows exactly zero and its scale folded in. The frozen ``qkv`` runs once over the
+whole batch; the low-rank terms are added in place, routed one of two ways (``routing``):
+
+* ``segments`` (default): the batch is sorted by task once, so each task's samples are one
+  contiguous block of rows; per layer, one ``z = x_t·A_tᵀ`` and one in-place ``addmm`` with B_t
+  per task *present* (slices of the stacked factors: no copy, and exactly the work and the
+  numbers of each adapter alone). The loop is over tasks, never samples or tokens.
+* ``dense``: ``z = x·A_allᵀ`` over the columns of every task present (gathered per weight, not
+  per sample), a per-sample column mask keeps each sample's own task's, then one ``addmm``: fewer,
+  larger kernels, at the price of computing every present task's columns for every sample.
+
+Classifiers of different sizes are one concatenated Linear with per-task row slices; each
+sample's slice is gathered into a padded tensor.
 """
 from __future__ import annotations
 
@@ -58,27 +64,39 @@ class TaskLogits:
         return torch.softmax(self.logits.float(), dim=-1)
 
 
+ROUTINGS = ("segments", "dense")
+
+
 class Router:
-    """The per-sample task routing of the batch in flight, shared by every MultiTaskQKV layer."""
+    """The per-sample task routing of the batch in flight, shared by every MultiTaskQKV layer.
+
+    ``segments``: the batch is sorted by task, so each task's samples are one contiguous block of
+    rows; ``(first column, width, first sample, end sample)`` per task present. ``dense``: the
+    bottleneck columns of the tasks present and a (B, columns) mask keeping each sample's own."""
 
     def __init__(self) -> None:
-        self.columns: torch.Tensor | None = None  # bottleneck columns of the tasks present (None: all)
-        self.mask: torch.Tensor | None = None  # (B, columns) 1 where a column is the sample's task's
         self.active = False
+        self.batch = 0
+        self.segments: list[tuple[int, int, int, int]] | None = None
+        self.columns: torch.Tensor | None = None  # dense: columns of the tasks present (None: all)
+        self.mask: torch.Tensor | None = None  # dense: (B, columns), 1 where a column is the sample's task's
 
     def clear(self) -> None:
-        self.columns, self.mask, self.active = None, None, False
+        self.active, self.batch, self.segments, self.columns, self.mask = False, 0, None, None, None
 
 
 class MultiTaskQKV(nn.Module):
-    """The frozen fused ``qkv`` Linear plus the low-rank updates of every task, routed per sample."""
+    """The frozen fused ``qkv`` Linear plus the low-rank updates of every task, routed per sample.
+
+    ``down`` (Σ widths, d) and ``up_t`` (Σ widths, 3·H·d_h) hold every task's effective factors
+    side by side (``up_t`` is B transposed, so a task's block is a contiguous row slice)."""
 
     def __init__(self, base: nn.Linear, router: Router):
         super().__init__()
         self.base = base
         self.router = router
         self.register_buffer("down", base.weight.new_zeros(0, base.in_features), persistent=False)
-        self.register_buffer("up", base.weight.new_zeros(base.out_features, 0), persistent=False)
+        self.register_buffer("up_t", base.weight.new_zeros(0, base.out_features), persistent=False)
 
     def extra_repr(self) -> str:
         return f"bottleneck columns={self.down.shape[0]}"
@@ -87,21 +105,28 @@ class MultiTaskQKV(nn.Module):
         router = self.router
         if not router.active:
             raise RuntimeError("MultiTaskQKV runs inside MultiTask(images, tasks), which routes each sample to its task")
-        cols = router.columns
-        down = self.down if cols is None else self.down.index_select(0, cols)
-        if down.shape[0] == 0:
-            return self.base(x)
-        up = self.up if cols is None else self.up.index_select(1, cols)
         x2d = x.reshape(-1, x.shape[-1])
-        z = F.linear(x2d, down.to(x2d.dtype))
-        if router.mask is not None:
-            mask = router.mask
-            # rows of one sample are contiguous: tokens (ViT), or windows × tokens (Swin's batch-major windows)
-            z = z.view(mask.shape[0], -1, z.shape[-1]).mul_(mask.to(z.dtype)[:, None, :]).view(-1, z.shape[-1])
         weight, bias = self.base.weight, self.base.bias
+        # qkv(x) as one addmm, then the low-rank terms added in place (as LowRankQKV does)
         out = torch.mm(x2d, weight.t().to(x2d.dtype)) if bias is None else torch.addmm(
             bias.to(x2d.dtype), x2d, weight.t().to(x2d.dtype))
-        out.addmm_(z.to(out.dtype), up.to(out.dtype).t())
+        # rows of one sample are contiguous: its tokens (ViT), or its windows' tokens (Swin's batch-major windows)
+        rows = x2d.shape[0] // router.batch
+        if router.segments is not None:
+            for column, width, first, end in router.segments:  # one step per task present, never per sample
+                if width:
+                    block = slice(first * rows, end * rows)
+                    z = F.linear(x2d[block], self.down[column:column + width].to(x2d.dtype))
+                    out[block].addmm_(z, self.up_t[column:column + width].to(out.dtype))
+        else:
+            cols = router.columns
+            down = self.down if cols is None else self.down.index_select(0, cols)
+            if down.shape[0]:
+                up_t = self.up_t if cols is None else self.up_t.index_select(0, cols)
+                z = F.linear(x2d, down.to(x2d.dtype))
+                if router.mask is not None:
+                    z = z.view(router.batch, rows, -1).mul_(router.mask.to(z.dtype)[:, None, :]).view(-1, z.shape[-1])
+                out.addmm_(z.to(out.dtype), up_t.to(out.dtype))
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -121,12 +146,15 @@ class MultiTask(nn.Module):
     have no method applied. ``reference`` is the backbone.json of the backbone (e.g. from
     :meth:`from_adapters`); without it the first adapter's backbone.json becomes the reference.
     Tasks can be added and removed at any time; calls are serialised by a lock, so one model can
-    be shared by threads.
+    be shared by threads. ``routing`` is ``segments`` or ``dense`` (see the module docstring).
     """
 
     def __init__(self, backbone: nn.Module, tasks: Mapping[str, str | os.PathLike] | None = None, *,
-                 reference: dict | None = None, reference_source: str = "the backbone"):
+                 reference: dict | None = None, reference_source: str = "the backbone", routing: str = "segments"):
         super().__init__()
+        if routing not in ROUTINGS:
+            raise ValueError(f"option 'routing'={routing!r}: expected one of {', '.join(ROUTINGS)}")
+        self.routing = routing
         if getattr(backbone, "heartlora_state", None) is not None:
             raise ValueError("MultiTask expects a plain backbone; this one already has a heartlora method applied")
         if not hasattr(backbone, "forward_head") or not hasattr(backbone, "reset_classifier"):
@@ -228,7 +256,7 @@ class MultiTask(nn.Module):
             if adapter.down:
                 for layer, down, up in zip(self.layers, adapter.down, adapter.up):
                     layer.down = torch.cat([layer.down, down.to(device)], 0)
-                    layer.up = torch.cat([layer.up, up.to(device)], 1)
+                    layer.up_t = torch.cat([layer.up_t, up.t().to(device)], 0).contiguous()
             self._slots[name] = _Slot(adapter, column, self.classifier_weight.shape[0])
             self.classifier_weight = torch.cat([self.classifier_weight, adapter.classifier_weight.to(device)], 0)
             self.classifier_bias = torch.cat([self.classifier_bias, adapter.classifier_bias.to(device)], 0)
@@ -258,7 +286,7 @@ class MultiTask(nn.Module):
                 keep = self._without(self.layers[0].down.shape[0], slot.column, width)
                 for layer in self.layers:
                     layer.down = layer.down.index_select(0, keep)
-                    layer.up = layer.up.index_select(1, keep)
+                    layer.up_t = layer.up_t.index_select(0, keep)
             keep = self._without(self.classifier_weight.shape[0], slot.class_offset, classes)
             self.classifier_weight = self.classifier_weight.index_select(0, keep)
             self.classifier_bias = self.classifier_bias.index_select(0, keep)
@@ -277,7 +305,7 @@ class MultiTask(nn.Module):
 
     def _refresh_index(self) -> None:
         """Per-task lookup tensors, in task order (index = position in ``tasks``)."""
-        slots = list(self._slots.values())
+        slots = self._slot_list = list(self._slots.values())
         device = self.device
         self._task_columns = [torch.arange(s.column, s.column + s.adapter.width, device=device) for s in slots]
         self._column_task = torch.cat([torch.full((s.adapter.width,), i, device=device, dtype=torch.long)
@@ -311,14 +339,24 @@ class MultiTask(nn.Module):
             raise ValueError(f"MultiTask: {images.shape[0]} images but {len(tasks)} task names; give one per image")
         with self._lock:
             ids = self.task_indices(tasks)
-            present = torch.unique(ids)
-            self._route(ids, present)
+            order = None
+            if self.routing == "segments":
+                order = torch.argsort(ids, stable=True)
+                if bool((order == torch.arange(len(ids))).all()):
+                    order = None  # already grouped by task: no copy of the images
+            routed = ids if order is None else ids[order]
+            inputs = images if order is None else images.index_select(0, order.to(images.device))
+            self._route(routed)
             try:
-                features = self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
+                features = self.backbone.forward_head(self.backbone.forward_features(inputs), pre_logits=True)
             finally:
                 self.router.clear()
             logits = F.linear(features, self.classifier_weight.to(features.dtype), self.classifier_bias.to(features.dtype))
             counts, offsets = self._class_count[ids], self._class_offset[ids]
+        if order is not None:  # back to the caller's order
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(order))
+            logits = logits.index_select(0, inverse.to(logits.device))
         width = int(counts.max()) if len(tasks) else 0
         positions = torch.arange(width)
         mask = positions[None, :] < counts[:, None]
@@ -328,11 +366,21 @@ class MultiTask(nn.Module):
         padded = logits.gather(1, columns).masked_fill(~mask, float("-inf"))
         return TaskLogits(padded, mask, counts.to(device), tasks)
 
-    def _route(self, ids: torch.Tensor, present: torch.Tensor) -> None:
+    def _route(self, ids: torch.Tensor) -> None:
+        """Set the router for a batch whose i-th sample belongs to task ``ids[i]`` (CPU tensor;
+        grouped by task when routing by segments)."""
         router = self.router
-        router.active = True
+        router.active, router.batch = True, len(ids)
+        if self.routing == "segments":
+            tasks, sizes = torch.unique_consecutive(ids, return_counts=True)
+            router.segments, first = [], 0
+            for task, size in zip(tasks.tolist(), sizes.tolist()):
+                slot = self._slot_list[task]
+                router.segments.append((slot.column, slot.adapter.width, first, first + size))
+                first += size
+            return
+        present = torch.unique(ids)
         if len(present) == len(self._slots):
-            router.columns = None
             column_task = self._column_task
         else:
             router.columns = torch.cat([self._task_columns[i] for i in present.tolist()])
