@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -18,7 +17,11 @@ from PIL import Image
 
 from heartlora.data.transforms import build_transform
 from heartlora.serve.multitask import MultiTask
-from heartlora.serve.server import bind, create_app, make_server
+from heartlora.serve.server import bind, create_app, make_server, require_serve_extra
+
+for extra in ("fastapi", "uvicorn", "multipart", "httpx"):  # the serve and test extras
+    pytest.importorskip(extra)
+import httpx  # noqa: E402
 
 from serve_fixtures import TASKS, alone, make_tasks
 
@@ -173,3 +176,13 @@ def test_the_serve_command_starts_answers_and_stops(task_dirs, tmp_path):
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_a_missing_extra_names_the_install_command(monkeypatch, capsys, task_dirs):
+    from heartlora.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
+    with pytest.raises(ImportError, match=r"needs uvicorn: pip install heartlora\[serve\]"):
+        require_serve_extra()
+    assert main(["serve", "--task", f"pets={task_dirs['pets']}"]) == 1
+    assert "pip install heartlora[serve]" in capsys.readouterr().err

@@ -10,6 +10,7 @@ switched-off head rows exactly zero). The shell is then dropped; no backbone wei
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -41,15 +42,18 @@ class ServeWarning(UserWarning):
 
 @dataclass
 class TaskAdapter:
-    """What one task contributes to a :class:`~heartlora.serve.multitask.MultiTask` model."""
+    """What one task contributes to a :class:`~heartlora.serve.multitask.MultiTask` model. The
+    tensors are released (``released()``) once the model has stacked them."""
 
     name: str
     directory: Path
     method: str
+    num_classes: int
+    width: int  # columns of the low-rank bottleneck (n_targets · rank; 0 for a linear probe)
     down: list[torch.Tensor]  # per attention block: (n_targets·r, d), the effective A
     up: list[torch.Tensor]  # per attention block: (3·H·d_h, n_targets·r), scale folded in, masked rows zero
-    classifier_weight: torch.Tensor  # (C, D)
-    classifier_bias: torch.Tensor  # (C,)
+    classifier_weight: torch.Tensor | None  # (C, D)
+    classifier_bias: torch.Tensor | None  # (C,)
     class_names: list[str]
     class_names_source: str
     backbone: dict | None = None  # backbone.json, when the adapter has one
@@ -58,14 +62,8 @@ class TaskAdapter:
     options: dict = field(default_factory=dict)
     head_masks: list[list[bool]] | None = None
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.classifier_weight.shape[0])
-
-    @property
-    def width(self) -> int:
-        """Columns of the low-rank bottleneck (n_targets · rank; 0 for a linear probe)."""
-        return int(self.down[0].shape[0]) if self.down else 0
+    def released(self) -> "TaskAdapter":
+        return dataclasses.replace(self, down=[], up=[], classifier_weight=None, classifier_bias=None)
 
     def heads_switched_off(self) -> int:
         return sum(not on for mask in self.head_masks or [] for on in mask)
@@ -237,7 +235,8 @@ def load_task_adapter(backbone: nn.Module, name: str, directory: str | os.PathLi
     record = read_json_file(directory / BACKBONE_NAME)
     bias = head.bias.detach().float().clone() if head.bias is not None else torch.zeros(head.out_features)
     return TaskAdapter(
-        name=name, directory=directory, method=method, down=down, up=up,
+        name=name, directory=directory, method=method, num_classes=head.out_features,
+        width=int(down[0].shape[0]) if down else 0, down=down, up=up,
         classifier_weight=head.weight.detach().float().clone(), classifier_bias=bias,
         class_names=names, class_names_source=names_source, backbone=record,
         normalize=(record or {}).get("normalize") or "none", img_size=(record or {}).get("img_size"),

@@ -257,9 +257,11 @@ class MultiTask(nn.Module):
                 for layer, down, up in zip(self.layers, adapter.down, adapter.up):
                     layer.down = torch.cat([layer.down, down.to(device)], 0)
                     layer.up_t = torch.cat([layer.up_t, up.t().to(device)], 0).contiguous()
-            self._slots[name] = _Slot(adapter, column, self.classifier_weight.shape[0])
+            offset = self.classifier_weight.shape[0]
             self.classifier_weight = torch.cat([self.classifier_weight, adapter.classifier_weight.to(device)], 0)
             self.classifier_bias = torch.cat([self.classifier_bias, adapter.classifier_bias.to(device)], 0)
+            adapter = adapter.released()  # its tensors live on in the stacks only
+            self._slots[name] = _Slot(adapter, column, offset)
             self._refresh_index()
         return adapter
 
