@@ -33,9 +33,19 @@ from .adapters_io import (  # noqa: E402
 )
 from .heads import find_attention_sites  # noqa: E402
 
+
+def __getattr__(name: str):
+    # the serving model loads lazily: `import heartlora` stays light and free of import circles
+    if name == "MultiTask":
+        from .serve.multitask import MultiTask
+
+        return MultiTask
+    raise AttributeError(f"module 'heartlora' has no attribute {name!r}")
+
+
 __all__ = [
-    "HeadScorer", "MethodSchedule", "ScheduleActions", "ScheduleContext", "ablation_scores", "adapter_bytes",
-    "adapter_tensors", "apply", "apply_head_selection", "find_attention_sites", "get_state", "load_adapter", "merge",
-    "methods", "read_adapter_config", "save_adapter", "schedule_for", "scoring_paused", "select_and_apply",
-    "select_heads", "trainable_parameters", "unmerge",
+    "HeadScorer", "MethodSchedule", "MultiTask", "ScheduleActions", "ScheduleContext", "ablation_scores",
+    "adapter_bytes", "adapter_tensors", "apply", "apply_head_selection", "find_attention_sites", "get_state",
+    "load_adapter", "merge", "methods", "read_adapter_config", "save_adapter", "schedule_for", "scoring_paused",
+    "select_and_apply", "select_heads", "trainable_parameters", "unmerge",
 ]
