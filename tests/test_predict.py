@@ -46,7 +46,8 @@ def _expected(task_dirs, task, path):
 def test_predict_a_folder_to_csv_reports_the_corrupt_image(task_dirs, folder, tmp_path, capsys):
     out = tmp_path / "pred.csv"
     code = main(["predict", str(folder), "--task", f"flowers={task_dirs['flowers']}", "--task",
-                 f"pets={task_dirs['pets']}", "--top-k", "3", "--out", str(out), "--batch-size", "4"])
+                 f"pets={task_dirs['pets']}", "--top-k", "3", "--out", str(out), "--batch-size", "4",
+                 "--amp", "off"])
     err = capsys.readouterr().err
     assert code == 1
     assert f"{folder / 'broken.jpg'}: cannot read image (not an image PIL can read" in err
@@ -75,7 +76,7 @@ def test_predict_a_list_file_with_tasks_to_json_lines(task_dirs, folder, tmp_pat
     listing = tmp_path / "list.txt"
     listing.write_text(f"# image [task]\n{folder / 'a.png'} dtd\n\n{folder / 'sub/e.png'}\n{folder / 'c.png'} pets\n")
     code = main(["predict", "--list", str(listing), "--task", f"dtd={task_dirs['dtd']}", "--task",
-                 f"pets={task_dirs['pets']}", "--top-k", "1", "--format", "jsonl", "--quiet"])
+                 f"pets={task_dirs['pets']}", "--top-k", "1", "--format", "jsonl", "--quiet", "--amp", "off"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     rows = [json.loads(line) for line in captured.out.splitlines()]

@@ -366,7 +366,8 @@ def _serving_task_args(parser) -> None:
                    help="backbone weights, when the file named in the adapters' backbone.json has moved (its sha256 "
                         "must match)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--amp", default="none", choices=("auto", "bf16", "none"), help="bf16 autocast (CUDA)")
+    g.add_argument("--amp", default="auto", choices=AMP_CHOICES, metavar="{auto,bf16,off}",
+                   help="auto: bf16 autocast on CUDA and on CPUs with AMX, else fp32")
     g.add_argument("--top-k", type=_positive_int, default=5, help="classes reported per image (at most a task's count)")
 
 
@@ -424,7 +425,7 @@ def _serving_model(args: argparse.Namespace):
     if not tasks:
         raise ConfigError("option '--adapter' or '--task NAME=DIR': give at least one adapter")
     device = resolve_device(args.device)
-    amp = resolve_amp(args.amp, device)
+    amp = resolve_amp(args.amp, device).enabled
     return MultiTask.from_adapters(tasks, device=device, weights=args.weights), amp
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .multitask import MultiTask, UnknownTaskError
-from .predict import amp_context
+from ..precision import autocast
 
 _STOP = object()
 
@@ -107,7 +107,7 @@ class MicroBatcher:
         try:
             images = torch.stack([r.image for r in runnable]).to(self.model.device)
             tasks = [r.task for r in runnable]
-            with torch.inference_mode(), amp_context(self.model.device, self.amp):
+            with torch.inference_mode(), autocast(self.model.device, self.amp):
                 out = self.model(images, tasks)
             tops = self.model.top_k(out, max(r.top_k for r in runnable))
         except Exception as err:  # answered per request; the worker keeps serving

@@ -5,7 +5,6 @@ output always has one row per (image, task) asked for, in input order.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -15,6 +14,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from ..precision import autocast
 from .inputs import ImageError, ImageJob, Preprocess, open_image
 from .multitask import MultiTask
 
@@ -83,7 +83,7 @@ def predict(model: MultiTask, pairs: Sequence[tuple[str, str]], *, top_k: int = 
             tops: dict[int, list[dict]] = {}
             if good:
                 images = torch.stack([loaded[chunk[i][0]][chunk[i][1]] for i in good]).to(device)
-                with torch.inference_mode(), amp_context(device, amp):
+                with torch.inference_mode(), autocast(device, amp):
                     out = model(images, [chunk[i][1] for i in good])
                 tops = dict(zip(good, model.top_k(out, top_k)))
             for i, (path, task) in enumerate(chunk):
@@ -95,10 +95,6 @@ def predict(model: MultiTask, pairs: Sequence[tuple[str, str]], *, top_k: int = 
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
-
-
-def amp_context(device: torch.device, amp: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
 
 def csv_header(top_k: int) -> list[str]:
