@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from heartlora.bench import report as report_mod
-from heartlora.bench.sweep import load_presets, parse_grid, plan, run_cells, tune_then_final, _run_cell
+from heartlora.bench.sweep import load_presets, parse_grid, plan, run_cell, run_cells, tune_then_final
 from heartlora.config import DataConfig, ModelConfig, RunConfig, ScheduleConfig
 from heartlora.data.synthetic import make_vtab
 
@@ -83,11 +83,11 @@ def test_crashed_cell_is_reported_and_retried(vtab_root, tmp_path):
     cells = plan("vtab", ["cifar"], ["linear"], seeds=[1, 2])
     attempts = {}
 
-    def flaky(cell, base, out_root, device):
+    def flaky(cell, config, execution):
         attempts[cell.seed] = attempts.get(cell.seed, 0) + 1
         if cell.seed == 2 and attempts[cell.seed] == 1:
             raise RuntimeError("simulated crash")
-        return _run_cell(cell, base, out_root, device)
+        return run_cell(cell, config, execution)
 
     messages = []
     result = run_cells(cells, tiny_base(vtab_root), tmp_path, retries=1, runner=flaky, log=messages.append)
@@ -120,3 +120,44 @@ def test_tune_picks_by_val_accuracy_then_trains_final(vtab_root, tmp_path):
     finals = [r for r in rows if r.split == "final"]
     assert len(finals) == 1 and finals[0].clean is not None  # the clean protocol's number
     assert all(r.clean is None for r in rows if r.split == "tune")
+
+
+def test_cell_identity_is_the_resolved_recipe_not_where_it_runs(vtab_root, tmp_path):
+    from heartlora.bench.sweep import identity, identity_hash
+
+    base = tiny_base(vtab_root)
+    moved = base.replace(out=str(tmp_path / "elsewhere"), device="cuda", quiet=False, data={"workers": 4})
+    assert identity(base) == identity(moved) and identity_hash(base) == identity_hash(moved)
+    changed = base.replace(schedule={"lr": 0.01})
+    assert identity(changed)["schedule.lr"] == 0.01 and identity_hash(changed) != identity_hash(base)
+
+
+def test_only_folders_holding_results_are_checked(vtab_root, tmp_path):
+    from heartlora.bench.sweep import CellMismatch, check_identities, write_cell_file
+
+    cell = plan("vtab", ["cifar"], ["linear"], seeds=[1])[0]
+    old, new = (tiny_base(vtab_root).replace(schedule={"epochs": e}) for e in (2, 3))
+    directory = tmp_path / cell.relative_dir()
+    write_cell_file(cell, cell.config(old, tmp_path), directory)
+    check_identities([(cell, cell.config(new, tmp_path))], tmp_path)  # never started: the new recipe may run
+    (directory / "checkpoint.pt").write_bytes(b"")  # an interrupted run (cell.json names its settings)
+    with pytest.raises(CellMismatch, match=r"seed1: .*schedule\.epochs: 2 there, 3 now"):
+        check_identities([(cell, cell.config(new, tmp_path))], tmp_path)
+    check_identities([(cell, cell.config(old, tmp_path))], tmp_path)
+
+
+def test_folders_from_before_cell_identities_are_checked_by_their_record(finished_sweep, vtab_root):
+    from heartlora.bench.sweep import CellMismatch, check_identities
+
+    cells, out = finished_sweep
+    cell = cells[0]
+    cell_file = out / cell.relative_dir() / "cell.json"
+    saved = cell_file.read_text()
+    legacy = {k: v for k, v in json.loads(saved).items() if k not in ("config", "config_hash")}
+    try:
+        cell_file.write_text(json.dumps(legacy))
+        changed = tiny_base(vtab_root).replace(schedule={"batch_size": 4})
+        with pytest.raises(CellMismatch, match="schedule.batch_size: 8 there, 4 now"):
+            check_identities([(cell, cell.config(changed, out))], out)
+    finally:
+        cell_file.write_text(saved)

@@ -233,7 +233,7 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
 
 
 BENCH_KEYS = ("tasks", "methods", "seeds", "grid", "tune", "retries", "shots_list", "fewshot_seeds", "presets",
-              "no_presets", "parallel")
+              "no_presets", "parallel", "executor", "address", "gpus_per_cell", "cpus_per_cell")
 ANALYZE_KEYS = BENCH_KEYS + ("runs", "images", "heads", "ne_values", "no_correlate", "score_batches", "protocol")
 
 
@@ -265,10 +265,36 @@ def _sweep_args(parser, suppress: bool, kind: str | None = None) -> None:
     g.add_argument("--no-presets", action="store_true", help="use no per-task presets")
     g.add_argument("--retries", type=_nonneg_int, default=1, help="retries of a crashed cell")
     g.add_argument("--parallel", type=_positive_int, default=1,
-                   help="cells run in parallel, one process each (on CUDA: one per visible GPU)")
+                   help="local executor: cells run in parallel, one process each (on CUDA: one per visible GPU)")
+    _executor_args(parser)
     if kind in (None, "fewshot"):
         g.add_argument("--shots-list", type=_int_list, default=[1, 2, 4, 8, 16], help="few-shot K values")
         g.add_argument("--fewshot-seeds", type=_int_list, default=[0, 1, 2], help="few-shot list seeds")
+
+
+def _ray_amount(text: str) -> float:
+    """argparse type: a Ray resource amount, a number in [0, 1] or a whole number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0 or (value > 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or a whole number, got {text}")
+    return value
+
+
+def _executor_args(parser) -> None:
+    g = parser.add_argument_group("executor (where cells run)")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this machine (in-process, or --parallel processes); ray: every cell a Ray task on a "
+                        "Ray cluster (pip install heartlora[cluster]; --out on a filesystem all nodes share)")
+    g.add_argument("--address", default=None, metavar="auto|local|HOST:PORT",
+                   help="ray: the cluster to join (auto: the running one; local: start one here; default: RAY_ADDRESS, "
+                        "else a cluster started on this machine, else a new local one)")
+    g.add_argument("--gpus-per-cell", type=_ray_amount, default=None, metavar="G",
+                   help="ray: GPUs per cell, fractions pack several runs on one GPU (default: 1 if the cluster has "
+                        "GPUs and --device is not cpu, else 0)")
+    g.add_argument("--cpus-per-cell", type=_ray_amount, default=None, metavar="C", help="ray: CPUs per cell (default: 1)")
 
 
 def _bench_parsers(sub, suppress: bool) -> None:
@@ -714,6 +740,7 @@ def _default_tasks(kind: str, root: str | None) -> list[str]:
 
 
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .bench.executors import make_executor
     from .bench.sweep import load_presets, parse_grid, plan, run_cells, tune_then_final
 
     base = _config_from_args(argv, BENCH_KEYS)
@@ -737,11 +764,15 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 if key not in DEFAULT_TUNE_GRID:
                     raise ConfigError(f"option '--tune': no grid for {key!r}; give --grid {key}=V1,V2,...")
                 grid[key] = DEFAULT_TUNE_GRID[key]
-        cells = plan(args.kind, tasks, args.methods, args.seeds, grid, presets, options, shots, list_seeds, "tune")
-        result = tune_then_final(base, out_root, cells, args.parallel, args.retries, _devices(base, args.parallel))
-    else:
-        cells = plan(args.kind, tasks, args.methods, args.seeds, grid, presets, options, shots, list_seeds)
-        result = run_cells(cells, base, out_root, args.parallel, args.retries, _devices(base, args.parallel))
+    split = "tune" if args.tune else "final"
+    cells = plan(args.kind, tasks, args.methods, args.seeds, grid, presets, options, shots, list_seeds, split)
+    devices = _devices(base, args.parallel) if args.executor == "local" else None
+    with make_executor(args.executor, workers=args.parallel, devices=devices, address=args.address,
+                       gpus_per_cell=args.gpus_per_cell, cpus_per_cell=args.cpus_per_cell) as executor:
+        if args.tune:
+            result = tune_then_final(base, out_root, cells, retries=args.retries, executor=executor)
+        else:
+            result = run_cells(cells, base, out_root, retries=args.retries, executor=executor)
     print(result.summary())
     print(f"tables: heartlora report {out_root}")
     return 0 if result.ok else EXIT_FAILURE
@@ -844,7 +875,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (a run continues with `heartlora train --out DIR --resume`)", file=sys.stderr)
+        print(f"{PROG}: interrupted (a run continues with `heartlora train --out DIR --resume`; a sweep with the "
+              "same `heartlora bench` command)", file=sys.stderr)
         return 130
     finally:
         warnings.showwarning = previous

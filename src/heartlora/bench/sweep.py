@@ -5,16 +5,21 @@ A cell's directory is a pure function of the cell, so a rerun finds finished cel
 that crashes is reported, logged to ``failures.jsonl`` and retried; a cell still failing after
 its retries makes the sweep end with a non-zero status — never silently dropped.
 
-Executors: in-process (default) or a pool of worker processes, one per device (``--workers``).
+A cell's identity is its full resolved configuration (recipe, backbone, data, method options,
+seed; not where or how it runs), written with its hash to ``cell.json``. A rerun whose settings
+differ from those a folder's results were made with is refused, naming the folder and the
+differing keys — one table never mixes two recipes; a new recipe goes in another ``--out``.
+
+Where cells run is an executor's business (:mod:`heartlora.bench.executors`: in-process, a local
+process pool, or Ray); this module only knows cells.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
 import time
-import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,11 +27,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
+from ..fsio import atomic_write
+from .executors import Executor, LocalExecutor, Outcome
 
 CELL_NAME = "cell.json"
 RUN_NAME = "run.json"
 TUNED_NAME = "tuned.json"
+CHECKPOINT_NAME = "checkpoint.pt"
+# Settings that say where or how a cell runs, not what it computes: outside its identity.
+IDENTITY_IGNORES = frozenset({"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,15 @@ class Cell:
     shots: int | None = None
     fewshot_seed: int | None = None
     label: str = ""  # how reports name the method (default: the method name)
+
+    def __post_init__(self) -> None:
+        # every part names one folder below --out: nothing may climb out of it or nest
+        options = ",".join(f"{k}={_fmt(v)}" for k, v in self.options)
+        for option, value in (("--data-kind", self.kind), ("--tasks", self.task), ("--methods", self.name),
+                              ("--grid or --opt", options)):
+            if value is not None and not _one_folder(str(value), allow_empty=option == "--grid or --opt"):
+                raise ConfigError(f"option '{option}': {value!r} cannot name a cell folder (expected one path "
+                                  "component: no '/', '\\', '..' or '.')")
 
     @property
     def name(self) -> str:
@@ -74,6 +93,95 @@ class Cell:
 
 def _fmt(value: Any) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _one_folder(text: str, allow_empty: bool = False) -> bool:
+    if not text:
+        return allow_empty
+    return text not in (".", "..") and not any(c in text for c in ("/", "\\", "\0"))
+
+
+# ----- identity: a cell is its resolved configuration ---------------------------------------------
+def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def identity(config: RunConfig | dict) -> dict[str, Any]:
+    """The settings that decide a cell's result, as dotted keys (JSON values)."""
+    values = config.to_dict() if isinstance(config, RunConfig) else config
+    flat = _flatten(json.loads(json.dumps(values)))
+    return {k: v for k, v in sorted(flat.items()) if k not in IDENTITY_IGNORES and not any(
+        k.startswith(ignored + ".") for ignored in IDENTITY_IGNORES)}
+
+
+def identity_hash(config: RunConfig | dict) -> str:
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()
+
+
+def identity_diff(recorded: dict, current: dict) -> list[str]:
+    """``key: A there, B now`` for every differing setting (identities from :func:`identity`)."""
+    unset = "(unset)"
+    return [f"{k}: {recorded.get(k, unset)!r} there, {current.get(k, unset)!r} now"
+            for k in sorted(set(recorded) | set(current)) if recorded.get(k, unset) != current.get(k, unset)]
+
+
+class CellMismatch(ConfigError):
+    """A cell folder holds results made with other settings than this sweep's."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+
+
+def recorded_identity(directory: Path) -> dict | None:
+    """The identity of the results in a cell folder: from ``cell.json`` (its ``config``), else —
+    folders written before cells recorded it — the ``run.json`` or checkpoint's own config.
+    None when the folder holds no results yet."""
+    run, checkpoint = directory / RUN_NAME, directory / CHECKPOINT_NAME
+    if not run.is_file() and not checkpoint.is_file():
+        return None
+    cell = directory / CELL_NAME
+    stored = _read_json(cell) if cell.is_file() else {}
+    if isinstance(stored.get("config"), dict):
+        return identity(stored["config"])
+    if run.is_file():
+        return identity(_read_json(run)["config"])
+    from ..engine.checkpoint import load_checkpoint
+
+    return identity(load_checkpoint(checkpoint)["config"])
+
+
+def check_identities(jobs: Sequence[tuple["Cell", RunConfig]], out_root: Path) -> None:
+    """Refuse (:class:`CellMismatch`) when any cell folder holds results of other settings."""
+    mismatched = []
+    for cell, config in jobs:
+        recorded = recorded_identity(out_root / cell.relative_dir())
+        if recorded is not None:
+            diff = identity_diff(recorded, identity(config))
+            if diff:
+                mismatched.append((cell, diff))
+    if mismatched:
+        cell, diff = mismatched[0]
+        shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+        others = f" ({len(mismatched)} of {len(jobs)} cells differ)" if len(mismatched) > 1 else ""
+        raise CellMismatch(f"{out_root / cell.relative_dir()}: this cell's results were made with other settings "
+                           f"({shown}){others}; rerun with the settings it was made with, or give another --out")
+
+
+def write_cell_file(cell: "Cell", config: RunConfig, directory: Path) -> None:
+    """``cell.json``: the cell's own keys, its resolved config and that config's identity hash."""
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {**cell.to_dict(), "config": config.to_dict(), "config_hash": identity_hash(config)}
+    atomic_write(directory / CELL_NAME, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def make_cell(kind, task, method, options: dict, seed, split="final", shots=None, fewshot_seed=None, label="") -> Cell:
@@ -171,23 +279,24 @@ def is_finished(cell: Cell, out_root: Path) -> bool:
     return (out_root / cell.relative_dir() / RUN_NAME).is_file()
 
 
-def _run_cell(cell: Cell, base: RunConfig, out_root: Path, device: str | None) -> dict:
-    """Run one cell to its run record (resuming from its checkpoint when there is one)."""
-    from ..engine import train
+def run_cell(cell: Cell, config: RunConfig, execution: dict) -> dict:
+    """The default runner: train one cell to its run record (resuming from its checkpoint)."""
+    from ..engine.loop import train
 
-    config = cell.config(base, out_root)
-    if device is not None:
-        config = config.replace(device=device)
-    directory = Path(config.out)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CELL_NAME).write_text(json.dumps(cell.to_dict(), indent=2))
-    return train(config)
+    return train(config, execution=execution)
 
 
 def _log_failure(out_root: Path, cell: Cell, attempt: int, error: str) -> None:
     with open(out_root / "failures.jsonl", "a") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "cell": str(cell.relative_dir()),
                             "attempt": attempt, "error": error}) + "\n")
+
+
+def _progress(total: int, desc: str, enabled: bool | None):
+    from tqdm.auto import tqdm
+
+    # disable=None: a bar only on a terminal
+    return tqdm(total=total, desc=desc, unit="cell", dynamic_ncols=True, disable=None if enabled is None else not enabled)
 
 
 def run_cells(
@@ -197,65 +306,93 @@ def run_cells(
     workers: int = 1,
     retries: int = 1,
     devices: Sequence[str] | None = None,
-    log: Callable[[str], None] = print,
-    runner: Callable[[Cell, RunConfig, Path, str | None], dict] = _run_cell,
+    log: Callable[[str], None] | None = None,
+    runner: Callable[[Cell, RunConfig, dict], Any] = run_cell,
+    executor: Executor | None = None,
+    progress: bool | None = None,
 ) -> SweepResult:
-    """Run every unfinished cell; retry crashed cells ``retries`` more times."""
+    """Run every unfinished cell on ``executor`` (default: :class:`LocalExecutor` with ``workers``
+    and ``devices``); retry crashed cells ``retries`` more times. ``runner(cell, config,
+    execution)`` runs one cell; it must be picklable for process pools and Ray. Raises
+    :class:`CellMismatch` before running anything if a cell folder holds other settings' results.
+    ``progress``: a bar over cells with ETA (default: on a terminal)."""
     out_root = Path(out_root)
+    jobs = [(cell, cell.config(base, out_root)) for cell in cells]
+    if out_root.is_dir():
+        check_identities(jobs, out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     result = SweepResult()
     pending = []
-    for cell in cells:
-        (result.skipped if is_finished(cell, out_root) else pending).append(cell)
+    for cell, config in jobs:
+        (result.skipped if is_finished(cell, out_root) else pending).append((cell, config))
     if result.skipped:
-        log(f"{len(result.skipped)} of {len(cells)} cells already finished: skipped")
-    attempt = 0
-    while pending and attempt <= retries:
-        failures = _execute(pending, base, out_root, workers, devices, log, runner, result, attempt)
-        for cell, error in failures:
-            _log_failure(out_root, cell, attempt, error)
-        pending = [cell for cell, _ in failures]
-        if pending and attempt < retries:
-            log(f"retrying {len(pending)} failed cell(s) (attempt {attempt + 2} of {retries + 1})")
-        attempt += 1
-        last_failures = failures
-    if pending:
-        result.failed = list(last_failures)
+        _say(log, f"{len(result.skipped)} of {len(cells)} cells already finished: skipped")
+    if not pending:
+        return result
+    owned = executor is None
+    executor = executor or LocalExecutor(workers, devices)
+    try:
+        executor.prepare(out_root)
+        for cell, config in pending:
+            write_cell_file(cell, config, Path(config.out))
+        _say(log, f"running {len(pending)} cell(s) on {executor.describe()}")
+        failures: list[tuple[Cell, str]] = []
+        for attempt in range(retries + 1):
+            failures = _run_round(executor, pending, runner, out_root, result, log, progress,
+                                  "cells" if attempt == 0 else f"retry {attempt}")
+            for cell, error in failures:
+                _log_failure(out_root, cell, attempt, error)
+            failed = {cell for cell, _ in failures}
+            pending = [(cell, config) for cell, config in pending if cell in failed]
+            if not pending:
+                break
+            if attempt < retries:
+                _say(log, f"retrying {len(pending)} failed cell(s) (attempt {attempt + 2} of {retries + 1})")
+        result.failed = failures if pending else []
+    finally:
+        if owned:
+            executor.close()
     return result
 
 
-def _execute(cells, base, out_root, workers, devices, log, runner, result, attempt) -> list[tuple[Cell, str]]:
-    failures = []
-    total = len(cells)
-    if workers <= 1:
-        device = devices[0] if devices else None
-        for index, cell in enumerate(cells, 1):
-            log(f"[{index}/{total}] {cell.relative_dir()}")
-            try:
-                runner(cell, base, out_root, device)
-                result.done.append(cell)
-            except Exception as err:  # a crashed cell must not stop the sweep
-                message = f"{type(err).__name__}: {err}"
-                log(f"  cell crashed: {message}")
-                failures.append((cell, message + "\n" + traceback.format_exc(limit=3)))
-        return failures
-    import multiprocessing
+def _say(log: Callable[[str], None] | None, message: str) -> None:
+    if log is None:
+        from tqdm.auto import tqdm
 
-    devices = list(devices or ["cpu"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(runner, cell, base, out_root, devices[i % len(devices)]): cell
-                   for i, cell in enumerate(cells)}
-        for index, future in enumerate(as_completed(futures), 1):
-            cell = futures[future]
-            try:
-                future.result()
+        tqdm.write(message)  # keeps a progress bar intact
+    else:
+        log(message)
+
+
+def _run_round(executor, jobs, runner, out_root, result, log, progress, desc) -> list[tuple[Cell, str]]:
+    failures = []
+    total = len(jobs)
+    bar = _progress(total, desc, progress)
+    try:
+        for index, outcome in enumerate(executor.run(jobs, runner), 1):
+            outcome = _seen_by_driver(outcome, out_root)
+            cell, where = outcome.cell, f" on {outcome.node}" if outcome.node else ""
+            if outcome.ok:
                 result.done.append(cell)
-                log(f"[{index}/{total}] done {cell.relative_dir()}")
-            except Exception as err:
-                message = f"{type(err).__name__}: {err}"
-                log(f"[{index}/{total}] crashed {cell.relative_dir()}: {message}")
-                failures.append((cell, message))
+                _say(log, f"[{index}/{total}] done {cell.relative_dir()}{where}")
+            else:
+                failures.append((cell, outcome.error))
+                _say(log, f"[{index}/{total}] crashed {cell.relative_dir()}{where}: {outcome.error.splitlines()[0]}")
+            bar.update(1)
+            bar.set_postfix(failed=len(failures))
+    finally:
+        bar.close()
     return failures
+
+
+def _seen_by_driver(outcome: Outcome, out_root: Path) -> Outcome:
+    """A cell that finished somewhere but whose run record this driver cannot see has not finished."""
+    if outcome.ok and not is_finished(outcome.cell, out_root):
+        path = out_root / outcome.cell.relative_dir() / RUN_NAME
+        return Outcome(outcome.cell, f"MissingRecord: the cell finished{' on ' + outcome.node if outcome.node else ''} "
+                                     f"but {path} is not visible here (--out must be on a filesystem shared by every "
+                                     "node, at the same path)", outcome.node)
+    return outcome
 
 
 # ----- the clean protocol: tune on train800 → val200, retrain on train800val200 --------------------
@@ -276,13 +413,15 @@ def tune_then_final(
     workers: int = 1,
     retries: int = 1,
     devices: Sequence[str] | None = None,
-    log: Callable[[str], None] = print,
-    runner=_run_cell,
+    log: Callable[[str], None] | None = None,
+    runner: Callable[[Cell, RunConfig, dict], Any] = run_cell,
+    executor: Executor | None = None,
+    progress: bool | None = None,
 ) -> SweepResult:
     """Run the ``split='tune'`` cells, pick per (task, method, shots, seed) the options with the best
     val accuracy (ties: first in grid order), then run those options with ``split='final'``."""
     out_root = Path(out_root)
-    first = run_cells(tune_cells, base, out_root, workers, retries, devices, log, runner)
+    first = run_cells(tune_cells, base, out_root, workers, retries, devices, log, runner, executor, progress)
     groups: dict[tuple, list[Cell]] = {}
     for cell in tune_cells:
         groups.setdefault((cell.kind, cell.task, cell.name, cell.shots, cell.fewshot_seed, cell.seed), []).append(cell)
@@ -298,7 +437,6 @@ def tune_then_final(
         finals.append(final)
         choices.append({"cell": str(final.relative_dir()), "chosen": dict(best.options),
                         "candidates": [{"options": dict(c.options), "val_accuracy": s} for c, s in zip(finished, scores)]})
-    with open(out_root / TUNED_NAME, "w") as f:
-        json.dump(choices, f, indent=2)
-    second = run_cells(finals, base, out_root, workers, retries, devices, log, runner)
+    atomic_write(out_root / TUNED_NAME, (json.dumps(choices, indent=2) + "\n").encode())
+    second = run_cells(finals, base, out_root, workers, retries, devices, log, runner, executor, progress)
     return SweepResult(first.done + second.done, first.skipped + second.skipped, first.failed + second.failed)
