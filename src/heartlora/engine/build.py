@@ -105,6 +105,7 @@ def build_backbone(model: ModelConfig, image_size: int, seed: int) -> nn.Module:
     img_size, kwargs = _img_size(model, image_size)
     seed_all(seed)
     return create_backbone(model.name, weights=model.weights, weights_sha256=model.weights_sha256, num_classes=0,
+                           pretrained=model.pretrained, random_init=model.random_init,
                            img_size=img_size, drop_path_rate=model.drop_path, **kwargs)
 
 

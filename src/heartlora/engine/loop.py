@@ -466,7 +466,8 @@ def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: d
     if out is not None:
         backbone = {"model": config.model.name, "weights": config.model.weights, "weights_sha256": weights_sha256,
                     "kwargs": config.model.kwargs, "img_size": config.data.image_size, "seed": config.seed,
-                    "drop_path": config.model.drop_path, "normalize": config.data.normalize}
+                    "drop_path": config.model.drop_path, "normalize": config.data.normalize,
+                    "pretrained": config.model.pretrained, "random_init": config.model.random_init}
         _install_adapter(model, out, backbone)
         record["files"] = {"adapter": ADAPTER_DIR, "checkpoint": CHECKPOINT_NAME, "run": RUN_NAME}
         record["adapter_file_bytes"] = (out / ADAPTER_DIR / "adapter.safetensors").stat().st_size
