@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_swin, tiny_vit
+import heartlora
 from heartlora.adapters_io import adapter_tensors, merge_and_unload
 from heartlora.cli import main
 from heartlora.config import ModelConfig
@@ -60,7 +61,7 @@ def differs_from_backbone(model, base, images):
 def test_merge_and_unload_is_a_plain_timm_model_with_equal_outputs(tmp_path, images, kind, method, options, heads_off):
     base, model = adapted(kind, method, heads_off, **options)
     expected = model(images)
-    plain = merge_and_unload(copy.deepcopy(model))
+    plain = heartlora.merge_and_unload(copy.deepcopy(model))
     fresh = BUILD[kind](seed=7)
     assert list(plain.state_dict()) == list(fresh.state_dict())  # keys exactly timm's, in timm's order
     assert not hasattr(plain, "heartlora_state") and all(p.requires_grad for p in plain.parameters())

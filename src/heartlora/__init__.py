@@ -25,6 +25,7 @@ from .adapters_io import (  # noqa: E402
     adapter_tensors,
     load_adapter,
     merge,
+    merge_and_unload,
     read_adapter_config,
     save_adapter,
     trainable_parameters,
@@ -34,6 +35,6 @@ from .heads import find_attention_sites  # noqa: E402
 
 __all__ = [
     "HeadScorer", "ablation_scores", "adapter_bytes", "adapter_tensors", "apply", "apply_head_selection",
-    "find_attention_sites", "get_state", "load_adapter", "merge", "methods", "read_adapter_config",
+    "find_attention_sites", "get_state", "load_adapter", "merge", "merge_and_unload", "methods", "read_adapter_config",
     "save_adapter", "scoring_paused", "select_and_apply", "select_heads", "trainable_parameters", "unmerge",
 ]
