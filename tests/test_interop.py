@@ -142,10 +142,13 @@ def peft_trained_one_step(base, images, labels, **lora):
     return peft_model.eval()
 
 
-@pytest.mark.parametrize("lora", [dict(r=4, lora_alpha=8), dict(r=3, lora_alpha=5, use_rslora=True),
-                                  dict(r=4, lora_alpha=8, layers_to_transform=[1], layers_pattern="blocks")])
-def test_peft_import_of_a_peft_trained_adapter_has_equal_outputs(tmp_path, images, labels, lora):
-    base = tiny_vit(seed=2)
+@pytest.mark.parametrize("kind,lora", [("vit", dict(r=4, lora_alpha=8)), ("vit", dict(r=3, lora_alpha=5, use_rslora=True)),
+                                       ("vit", dict(r=4, lora_alpha=8, layers_to_transform=[1], layers_pattern="blocks")),
+                                       ("vit", dict(r=4, lora_alpha=8, rank_pattern={"blocks.1.attn.qkv": 2},
+                                                    alpha_pattern={"blocks.1.attn.qkv": 32})),
+                                       ("swin", dict(r=2, lora_alpha=16))])
+def test_peft_import_of_a_peft_trained_adapter_has_equal_outputs(tmp_path, images, labels, kind, lora):
+    base = BUILD[kind](seed=2)
     peft_model = peft_trained_one_step(base, images, labels, **lora)
     peft_model.save_pretrained(str(tmp_path / "peft"))
     expected = peft_model(images)
@@ -153,6 +156,8 @@ def test_peft_import_of_a_peft_trained_adapter_has_equal_outputs(tmp_path, image
     state = get_state(model)
     # PEFT trains one A shared by q, k and v: kept as it is, repeated per target (rank R)
     assert state.method == "lora" and tuple(state.options["targets"]) == ("q", "k", "v") and state.options["rank"] == lora["r"]
+    assert state.options["scale"] == (1.0 if "alpha_pattern" in lora else pytest.approx(  # per-module scalings: folded into B
+        lora["lora_alpha"] / (lora["r"] ** 0.5 if lora.get("use_rslora") else lora["r"])))
     assert (model(images) - expected).abs().max() <= TOL
     assert differs_from_backbone(model, base, images)
 

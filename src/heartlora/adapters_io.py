@@ -93,23 +93,29 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no adapter config (expected {CONFIG_NAME} from heartlora.save_adapter)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise AdapterError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    except UnicodeDecodeError:
-        raise AdapterError(f"{path}: not a UTF-8 text file (expected the JSON written by heartlora.save_adapter)") from None
+    config = read_json_object(path, "the JSON written by heartlora.save_adapter")
     _check_config(config, path)
     return config
+
+
+def read_json_object(path: Path, expected: str) -> dict:
+    """The JSON object in ``path``; an :class:`AdapterError` naming the file (and line) otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise AdapterError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}); expected {expected}") from None
+    except UnicodeDecodeError:
+        raise AdapterError(f"{path}: not a UTF-8 text file; expected {expected}") from None
+    if not isinstance(value, dict):
+        raise AdapterError(f"{path}: expected a JSON object ({expected}), got {type(value).__name__}")
+    return value
 
 
 def _is_int(value, minimum: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _check_config(config, path: Path) -> None:
-    if not isinstance(config, dict):
-        raise AdapterError(f"{path}: expected a JSON object, got {type(config).__name__}")
+def _check_config(config: dict, path: Path) -> None:
     for key in ("format_version", "method", "options", "geometry"):
         if key not in config:
             raise AdapterError(f"{path}: missing key '{key}'")

@@ -29,26 +29,17 @@ CHEAP_SCORES = ("taylor", "activation", "weight")
 # ----- loading a finished run -------------------------------------------------------------------------
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model with its adapter, run record, task data) of a finished ``heartlora train`` run."""
-    from .. import load_adapter, read_adapter_config
-    from ..config import ModelConfig
     from ..data import load_task
-    from ..engine.build import build_backbone, new_classifier
-    from ..engine.loop import ADAPTER_DIR, BACKBONE_NAME
+    from ..engine.loop import ADAPTER_DIR
+    from ..interop.folder import load_adapter_folder
 
     run_dir = Path(run_dir)
     record_path = run_dir / RUN_NAME
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path}: not a finished run (no {RUN_NAME})")
     record = json.loads(record_path.read_text())
-    adapter = run_dir / ADAPTER_DIR
-    backbone = json.loads((adapter / BACKBONE_NAME).read_text())
-    config = record["config"]
-    data = config["data"]
-    model_cfg = ModelConfig(name=backbone["model"], weights=backbone.get("weights"), kwargs=backbone.get("kwargs") or {},
-                            drop_path=0.0)
-    model = build_backbone(model_cfg, backbone["img_size"], backbone.get("seed", 42))
-    new_classifier(model, read_adapter_config(adapter)["num_classes"])
-    load_adapter(model, adapter)
+    model, backbone = load_adapter_folder(run_dir / ADAPTER_DIR)  # its backbone as trained: weights, pretrained, …
+    data = record["config"]["data"]
     task = load_task(data["kind"], data["root"], data["task"], split=data["split"], shots=data.get("shots"),
                      seed=data.get("fewshot_seed"), image_size=backbone["img_size"],
                      normalize=backbone.get("normalize", "none"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..adapters_io import CONFIG_NAME, AdapterError, load_adapter, read_adapter_config
+from ..adapters_io import CONFIG_NAME, AdapterError, load_adapter, read_adapter_config, read_json_object
 from ..config import ModelConfig
 from ..engine.build import build_backbone, new_classifier
 from ..engine.loop import ADAPTER_DIR, BACKBONE_NAME
@@ -36,16 +36,11 @@ def read_backbone(adapter_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no backbone description (heartlora train writes it beside the adapter; "
                                 "it names the timm model the adapter belongs to)")
-    try:
-        backbone = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AdapterError(f"{path}: not valid JSON ({err})") from None
+    backbone = read_json_object(path, "the backbone description heartlora train writes")
     checks = (("model", lambda v: isinstance(v, str) and bool(v), "a timm model name"),
               ("kwargs", lambda v: v is None or isinstance(v, dict), "null or a JSON object"),
               ("img_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "an image size in pixels"),
               ("weights", lambda v: v is None or isinstance(v, str), "null or a file path"))
-    if not isinstance(backbone, dict):
-        raise AdapterError(f"{path}: expected a JSON object")
     for key, ok, expected in checks:
         if not ok(backbone.get(key)):
             raise AdapterError(f"{path}: key '{key}' is {json.dumps(backbone.get(key))}; expected {expected}")

@@ -33,7 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from ..adapters_io import AdapterError, adapter_tensors, save_adapter
+from ..adapters_io import CONFIG_NAME, WEIGHTS_NAME, AdapterError, adapter_tensors, read_json_object, save_adapter
+from ..engine.loop import BACKBONE_NAME
 from ..fsio import atomic_write
 from ..heads import TARGET_INDEX, AttentionSite, find_attention_sites
 from ..methods import STATE_ATTR, apply, get_state
@@ -139,13 +140,13 @@ def to_peft(model: nn.Module, out_dir: str | os.PathLike, *, base_model_name: st
                              inference_mode=True)
     values = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
     values["auto_mapping"] = {"base_model_class": type(model).__name__, "parent_library": type(model).__module__}
-    targets = [out / PEFT_WEIGHTS, out / PEFT_CONFIG] + ([out / "backbone.json"] if backbone else [])
+    targets = [out / PEFT_WEIGHTS, out / PEFT_CONFIG] + ([out / BACKBONE_NAME] if backbone else [])
     _refuse_existing(targets, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / PEFT_WEIGHTS, save_safetensors(tensors, metadata={"format": "pt", META_KEY: json.dumps(meta)}))
     atomic_write(out / PEFT_CONFIG, (json.dumps(values, indent=2, default=str) + "\n").encode("utf-8"))
     if backbone:
-        atomic_write(out / "backbone.json", (json.dumps(backbone, indent=2) + "\n").encode("utf-8"))
+        atomic_write(out / BACKBONE_NAME, (json.dumps(backbone, indent=2) + "\n").encode("utf-8"))
     return out
 
 
@@ -157,12 +158,7 @@ def read_peft(peft_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor
     config_path = folder / PEFT_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: no PEFT adapter config (expected {PEFT_CONFIG} from save_pretrained)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AdapterError(f"{config_path}: not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise AdapterError(f"{config_path}: expected a JSON object")
+    config = read_json_object(config_path, "a PEFT adapter config")
     meta = None
     if (folder / PEFT_WEIGHTS).is_file():
         path = folder / PEFT_WEIGHTS
@@ -378,8 +374,8 @@ def import_peft(peft_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
     """:func:`from_peft` onto ``model``, then write a heartlora adapter folder ``out_dir``
     (``adapter.safetensors``, ``adapter_config.json`` and ``backbone.json`` = ``backbone``)."""
     out = Path(out_dir)
-    _refuse_existing([out / "adapter_config.json", out / "adapter.safetensors", out / "backbone.json"], False)
+    _refuse_existing([out / CONFIG_NAME, out / WEIGHTS_NAME, out / BACKBONE_NAME], False)
     from_peft(model, peft_dir)
     save_adapter(model, out)
-    atomic_write(out / "backbone.json", (json.dumps(backbone, indent=2) + "\n").encode("utf-8"))
+    atomic_write(out / BACKBONE_NAME, (json.dumps(backbone, indent=2) + "\n").encode("utf-8"))
     return out
