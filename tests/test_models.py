@@ -7,6 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from heartlora.config import ConfigError
 from heartlora.models import BackboneWarning, WeightsError, create_backbone, sha256_file
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* randomly initialised")
@@ -130,7 +131,12 @@ def test_names_aliases_and_random_init_warnings():
     with pytest.raises(ValueError, match="unknown timm model 'vit_tiny_patch16_244'.*did you mean.*vit_tiny_patch16_224"):
         create_backbone("vit_tiny_patch16_244", num_classes=5)
     with pytest.warns(BackboneWarning, match="AugReg.*NOT the original ViT ImageNet-21k checkpoint.*ViT-B_16.npz"):
+        create_backbone("vit_base_patch16_224_in21k", num_classes=5, img_size=32, depth=1, random_init=True)
+    # a name that picks pretrained weights, without them, is an error unless random weights are asked for
+    with pytest.raises(ConfigError, match="names timm's pretrained weights.*--pretrained.*--weights.*--random-init"):
         create_backbone("vit_base_patch16_224_in21k", num_classes=5, img_size=32, depth=1)
+    with pytest.raises(ConfigError, match="'vit_tiny_patch16_224' has no pretrained tag 'nope'; its tags: augreg"):
+        create_backbone("vit_tiny_patch16_224.nope", num_classes=5, random_init=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(BackboneWarning, match="randomly initialised"):
@@ -147,7 +153,7 @@ def test_never_touches_a_hub(monkeypatch, tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in tiny().state_dict().items()}, str(path))
     create_backbone("vit_tiny_patch16_224", weights=path, num_classes=5, **KW)
-    create_backbone("vit_base_patch16_224.augreg_in21k", num_classes=5, img_size=32, depth=1)
+    create_backbone("vit_base_patch16_224.augreg_in21k", num_classes=5, img_size=32, depth=1, random_init=True)
 
 
 def test_drop_path_and_timm_kwargs_pass_through():

@@ -26,6 +26,7 @@ from .adapters_io import (  # noqa: E402
     adapter_tensors,
     load_adapter,
     merge,
+    merge_and_unload,
     read_adapter_config,
     save_adapter,
     trainable_parameters,
@@ -46,6 +47,6 @@ def __getattr__(name: str):
 __all__ = [
     "HeadScorer", "MethodSchedule", "MultiTask", "ScheduleActions", "ScheduleContext", "ablation_scores",
     "adapter_bytes", "adapter_tensors", "apply", "apply_head_selection", "find_attention_sites", "get_state",
-    "load_adapter", "merge", "methods", "read_adapter_config", "save_adapter", "schedule_for", "scoring_paused",
-    "select_and_apply", "select_heads", "trainable_parameters", "unmerge",
+    "load_adapter", "merge", "merge_and_unload", "methods", "read_adapter_config", "save_adapter", "schedule_for",
+    "scoring_paused", "select_and_apply", "select_heads", "trainable_parameters", "unmerge",
 ]

@@ -85,6 +85,11 @@ def _model_args(parser, suppress: bool, defaults: bool = True):
     _add(g, suppress, "--weights", default=d(m.weights), metavar="FILE",
          help="local backbone weights: .npz (Google ViT, e.g. ViT-B_16.npz), .pth, .bin or .safetensors")
     _add(g, suppress, "--weights-sha256", default=d(m.weights_sha256), metavar="HEX", help="expected sha256 of --weights")
+    _add(g, suppress, "--pretrained", default=d(m.pretrained), action="store_true",
+         help="timm's own pretrained weights for the name's tag (e.g. vit_base_patch16_224.augreg_in21k), read from "
+              "the local Hugging Face cache only (offline; never downloaded)")
+    _add(g, suppress, "--random-init", default=d(m.random_init), action="store_true",
+         help="random weights although the name has a pretrained tag (otherwise an error)")
     _add(g, suppress, "--model-kwargs", default=d([]), metavar="KEY=VALUE", nargs="+", action="extend", type=_key_value,
          help="extra timm.create_model arguments, e.g. patch_size=8 depth=2 num_heads=4")
     return g
@@ -224,6 +229,7 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
 
     _bench_parsers(sub, suppress)
     _serving_parsers(sub)
+    _interop_parsers(sub)
 
     methods = sub.add_parser("methods", formatter_class=_Formatter, help="list registered methods and their options",
                              description="Registered methods, their options with defaults, and whether they merge.")
@@ -323,10 +329,17 @@ def _bench_parsers(sub, suppress: bool) -> None:
                            description="Heatmaps of head scores of finished heart-lora runs side by side "
                                        "(switched-off heads crossed) and the rank correlation of the cheap scores "
                                        "with exact ablation scores.")
-    resp.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders")
+    resp.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders, or adapter folders (scored on --data)")
     resp.add_argument("--out", required=True, metavar="DIR")
     resp.add_argument("--no-correlate", action="store_true", help="skip the score/ablation rank correlation")
     resp.add_argument("--score-batches", type=_positive_int, default=2, help="training batches for the correlation")
+    g = resp.add_argument_group("adapter folders without a run record (e.g. `heartlora import`): scored on these data")
+    g.add_argument("--score", default="taylor", choices=("taylor", "activation", "weight", "ablation"),
+                   help="score shown for such adapters")
+    g.add_argument("--data", default=None, metavar="ROOT", help="data root")
+    g.add_argument("--data-kind", default="vtab", choices=("vtab", "fewshot", "folder"), help="data layout")
+    g.add_argument("--task", default=None, help="task under ROOT")
+    g.add_argument("--split", default="final", choices=("final", "paper", "tune"), help="split whose training images score")
     resp.set_defaults(func=_cmd_analyze)
     for name, text in (("deactivate", "first ne heads off vs the ne least responsive off, as ratios to ne=0"),
                        ("ne-sweep", "accuracy vs ne per task")):
@@ -655,8 +668,11 @@ def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     kwargs = dict(backbone.get("kwargs") or {})
     if "model_kwargs" in given:
         kwargs.update(parse_model_kwargs(given["model_kwargs"], "--model-kwargs"))
-    weights = pick("weights", backbone.get("weights"))
-    model_cfg = ModelConfig(name=name, weights=weights, weights_sha256=given.get("weights_sha256"), kwargs=kwargs, drop_path=0.0)
+    pretrained = bool(pick("pretrained", backbone.get("pretrained"), False))
+    weights = given.get("weights") if "pretrained" in given else pick("weights", backbone.get("weights"))
+    random_init = bool(pick("random_init", backbone.get("random_init"), False)) and not (weights or pretrained)
+    model_cfg = ModelConfig(name=name, weights=weights, weights_sha256=given.get("weights_sha256"), kwargs=kwargs, drop_path=0.0,
+                            pretrained=pretrained, random_init=random_init)
     data = {k: pick(k, run_data.get(field), default) for k, field, default in (
         ("data_kind", "kind", "vtab"), ("data", "root", None), ("task", "task", None), ("split", "split", "final"),
         ("shots", "shots", None), ("fewshot_seed", "fewshot_seed", None), ("num_classes", "num_classes", None),
@@ -800,8 +816,9 @@ def _cmd_analyze(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .bench import analyze
 
     if args.analysis == "responsiveness":
+        data = {"kind": args.data_kind, "root": args.data, "task": args.task, "split": args.split}
         written = analyze.responsiveness(args.runs, args.out, correlate=not args.no_correlate,
-                                         batches=args.score_batches)
+                                         batches=args.score_batches, data=data, score=args.score)
     elif args.analysis == "attention":
         heads = []
         for item in args.heads:
@@ -847,6 +864,160 @@ def _cmd_methods(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(f"{'':<{width}}  options: " + "  ".join(f"{k}={_format_value(v)}" for k, v in options.items()))
         if info.get("paper"):
             print(f"{'':<{width}}  paper: {info['paper']}")
+    return 0
+
+
+# ------------------------------------------------------------------ export / import (interop)
+def _interop_parsers(sub) -> None:
+    export = sub.add_parser(
+        "export", formatter_class=_Formatter, help="an adapter as a plain timm checkpoint or a PEFT adapter",
+        description="--merged OUT.safetensors: fold the adapter into its backbone and write a plain timm checkpoint "
+                    "(keys exactly timm's) plus OUT.json (timm name, create_model arguments, classes, the "
+                    "pretrained_cfg_overlay timm's loader takes). --to peft OUT/: write adapter_model.safetensors + "
+                    "adapter_config.json that peft.PeftModel.from_pretrained(timm_model, OUT) loads (lora, bilora, "
+                    "heart-lora, heart-lora-layer).")
+    export.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder (RUN/adapter; a run folder also works)")
+    what = export.add_mutually_exclusive_group(required=True)
+    what.add_argument("--merged", metavar="OUT.safetensors", help="merged plain timm checkpoint (+ OUT.json beside it)")
+    what.add_argument("--to", choices=("peft",), help="adapter format to write into the folder OUT")
+    export.add_argument("out", nargs="?", metavar="OUT", help="output folder of --to peft")
+    export.add_argument("--weights", metavar="FILE", default=None,
+                        help="the backbone weights file, if it moved (it must have the sha256 in backbone.json)")
+    export.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    export.set_defaults(func=_cmd_export)
+
+    imp = sub.add_parser(
+        "import", formatter_class=_Formatter, help="a PEFT LoRA adapter as a heartlora adapter",
+        description="Turn a PEFT LoRA adapter trained on a timm ViT/Swin's qkv into a heartlora adapter folder "
+                    "(adapter.safetensors, adapter_config.json, backbone.json) with identical outputs; `heartlora "
+                    "eval` and `heartlora analyze responsiveness` then take it. Backbone settings default to a "
+                    "backbone.json in DIR (heartlora's own exports) or the adapter's base_model_name_or_path.")
+    imp.add_argument("--from", dest="source_format", required=True, choices=("peft",), help="format of DIR")
+    imp.add_argument("source", metavar="DIR", help="the PEFT adapter folder (adapter_config.json, adapter_model.safetensors)")
+    imp.add_argument("--out", required=True, metavar="ADAPTER_DIR", help="heartlora adapter folder to write (new)")
+    g = _model_args(imp, False, defaults=False)
+    g.add_argument("--image-size", type=_positive_int, default=None, help="input size the adapter was trained at "
+                   "(default: backbone.json in DIR, else the model's)")
+    g.add_argument("--normalize", choices=("none", "imagenet", "inception"), default=None,
+                   help="input normalisation of training (default: backbone.json in DIR, else from the timm model's "
+                        "pretrained mean/std)")
+    imp.set_defaults(func=_cmd_import)
+
+
+def _refuse_existing_outputs(paths: list[Path], overwrite: bool, option: str) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"option '{option}': {existing[0]} already exists; choose another path or pass --overwrite")
+
+
+def _cmd_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .adapters_io import read_adapter_config
+    from .interop.folder import load_adapter_folder, resolve_adapter_dir
+    from .methods.base import get_method
+
+    adapter = resolve_adapter_dir(args.adapter)
+    method = read_adapter_config(adapter)["method"]
+    if args.merged:
+        from .interop.timm_io import export_merged, merged_json_path
+
+        out = Path(args.merged)
+        if args.out is not None:
+            raise ConfigError(f"option '--merged' writes {out} and {merged_json_path(out)}; drop the extra {args.out!r}")
+        if out.suffix != ".safetensors":
+            raise ConfigError(f"option '--merged': {out} must end in .safetensors")
+        try:
+            mergeable = get_method(method).mergeable
+        except ValueError as err:
+            raise ValueError(f"{adapter / 'adapter_config.json'}: {err}") from None
+        if not mergeable:
+            raise ConfigError(f"option '--merged': method '{method}' cannot be merged into the backbone (it adds "
+                              "computation a plain timm model has no weights for); use it with heartlora itself")
+        _refuse_existing_outputs([out, merged_json_path(out)], args.overwrite, "--merged")
+        model, backbone = load_adapter_folder(adapter, weights=args.weights)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        written = export_merged(model, out, name=backbone["model"], kwargs=backbone.get("kwargs"),
+                                img_size=backbone["img_size"], normalize=backbone.get("normalize") or "none",
+                                class_names=backbone.get("class_names"), source=str(adapter))
+        print(f"wrote {written[0]} (plain timm state dict, method '{method}' merged) and {written[1]}")
+        return 0
+    from .interop.peft_io import PEFT_CONFIG, PEFT_METHODS, PEFT_WEIGHTS, to_peft
+
+    if args.out is None:
+        raise ConfigError("option '--to peft': give the output folder OUT (heartlora export --adapter DIR --to peft OUT)")
+    if method not in PEFT_METHODS:
+        raise ConfigError(f"option '--to peft': method '{method}' has no PEFT LoRA counterpart; the PEFT export "
+                          f"takes {', '.join(PEFT_METHODS)}")
+    out = Path(args.out)
+    _refuse_existing_outputs([out / PEFT_WEIGHTS, out / PEFT_CONFIG], args.overwrite, "OUT")
+    model, backbone = load_adapter_folder(adapter, backbone_weights=False)
+    try:
+        to_peft(model, out, base_model_name=backbone["model"], backbone=backbone, overwrite=True)
+    except ImportError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote {out / PEFT_WEIGHTS} and {out / PEFT_CONFIG} (PEFT LoRA on qkv, from method '{method}')")
+    return 0
+
+
+def _timm_name(hub_name: Any) -> str | None:
+    """timm name of a PEFT ``base_model_name_or_path`` (``timm/NAME``, ``hf-hub:timm/NAME`` or NAME)."""
+    if not isinstance(hub_name, str) or not hub_name:
+        return None
+    return hub_name.removeprefix("hf-hub:").removeprefix("timm/")
+
+
+def _cmd_import(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .data.transforms import NORMALIZATIONS
+    from .engine.build import new_classifier
+    from .interop.peft_io import import_peft, read_peft
+    from .models import create_backbone, names_pretrained_weights, sha256_file
+
+    source, out = Path(args.source), Path(args.out)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    if (out / "adapter_config.json").exists() or (out / "backbone.json").exists():
+        raise ConfigError(f"option '--out': {out} already holds an adapter; choose a new folder")
+    stored = _read_json(source / "backbone.json") or {}
+    peft_config, tensors, _ = read_peft(source)
+    name = given.get("model") or stored.get("model") or _timm_name(peft_config.get("base_model_name_or_path"))
+    if not name:
+        raise ConfigError("option '--model': required (the timm name of the backbone the PEFT adapter was trained on; "
+                          "its adapter_config.json names none)")
+    kwargs = dict(stored.get("kwargs") or {}) if "model" not in given or given["model"] == stored.get("model") else {}
+    kwargs.update(parse_model_kwargs(given.get("model_kwargs"), "--model-kwargs"))
+    pretrained = bool(given.get("pretrained", stored.get("pretrained", False)))
+    weights = given.get("weights") if ("pretrained" in given or "weights" in given) else stored.get("weights")
+    random_init = bool(given.get("random_init", stored.get("random_init", False))) and not (weights or pretrained)
+    if not (weights or pretrained or random_init) and names_pretrained_weights(name):
+        raise ConfigError(f"option '--model': '{name}' names timm's pretrained weights; say which weights the PEFT "
+                          "adapter was trained on: --pretrained (timm's, from the local cache), --weights FILE, or "
+                          "--random-init")
+    img_size = given.get("image_size") or kwargs.pop("img_size", None) or stored.get("img_size")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # built for its shapes only; the weights are recorded, not needed
+        model = create_backbone(name, random_init=True, num_classes=0, drop_path_rate=0.0,
+                                **({"img_size": img_size} if img_size else {}), **kwargs)
+    head = (model.pretrained_cfg or {}).get("classifier")
+    if f"{head}.weight" not in tensors:
+        raise ValueError(f"{source}: the PEFT adapter stores no classifier ('{head}' in modules_to_save); heartlora "
+                         f"adapters carry their classifier — save the PEFT adapter with modules_to_save=['{head}']")
+    new_classifier(model, tensors[f"{head}.weight"].shape[0])
+    built_size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # timm ViT / Swin
+    img_size = img_size or (built_size[0] if built_size else int((model.pretrained_cfg or {}).get("input_size", [224])[-1]))
+    mean = tuple(round(v, 4) for v in (model.pretrained_cfg or {}).get("mean", ()))
+    inferred = next((k for k, v in NORMALIZATIONS.items() if v and tuple(round(x, 4) for x in v[0]) == mean), "none")
+    backbone = {
+        "model": name, "weights": weights,
+        "weights_sha256": sha256_file(weights) if weights and Path(weights).is_file() else stored.get("weights_sha256"),
+        "kwargs": kwargs, "img_size": int(img_size), "seed": stored.get("seed", 42), "drop_path": stored.get("drop_path", 0.1),
+        "normalize": given.get("normalize") or stored.get("normalize") or inferred,
+        "pretrained": pretrained, "random_init": random_init, "class_names": stored.get("class_names"),
+        "imported_from": {"format": "peft", "path": str(source)},
+    }
+    import_peft(source, out, model, backbone)
+    from .adapters_io import read_adapter_config
+
+    method = read_adapter_config(out)["method"]
+    print(f"wrote {out} (heartlora '{method}' adapter from the PEFT adapter {source})")
     return 0
 
 

@@ -41,6 +41,8 @@ class ModelConfig:
     name: str = "vit_base_patch16_224"
     weights: Optional[str] = None  # local .npz / .pth / .bin / .safetensors; None = random init
     weights_sha256: Optional[str] = None
+    pretrained: bool = False  # timm's own pretrained weights for the name's tag, from the local HF cache only
+    random_init: bool = False  # a name with a pretrained tag, deliberately without its weights
     kwargs: dict = field(default_factory=dict)  # e.g. {"patch_size": 8, "depth": 2}
     img_size: Optional[int] = None  # None: the data's image size
     drop_path: float = 0.1
@@ -175,6 +177,7 @@ _RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig) if f.name not in SE
 #: Flat keys (CLI long option names with '_' for '-') → (section or None for run level, field).
 FLAT_KEYS: dict[str, tuple[str | None, str]] = {
     "model": ("model", "name"), "weights": ("model", "weights"), "weights_sha256": ("model", "weights_sha256"),
+    "pretrained": ("model", "pretrained"), "random_init": ("model", "random_init"),
     "model_kwargs": ("model", "kwargs"), "img_size": ("model", "img_size"), "drop_path": ("model", "drop_path"),
     "classifier_init": ("model", "classifier_init"),
     "method": ("method", "name"), "opt": ("method", "options"),

@@ -5,8 +5,13 @@
     from heartlora.models import create_backbone
     model = create_backbone("vit_base_patch16_224", weights="ViT-B_16.npz", num_classes=100)
 
-Weights are read offline from a local file only:
+Weights come from a local file (``weights=``) or from timm's own pretrained weights in the local
+Hugging Face cache (``pretrained=True``), never from the network:
 
+* ``pretrained=True`` — ``timm.create_model(name, pretrained=True)`` itself, with the Hub in
+  offline mode for the call (``HF_HUB_OFFLINE``): the tag in ``name`` (``.augreg_in21k``) picks
+  the weights; a file missing from the cache is a :class:`WeightsError` saying which file to
+  place where;
 * ``.npz`` / ``.npy`` — Google's ViT format (``ViT-B_16.npz``, ImageNet-21k), through timm's
   own ``load_checkpoint`` → ``model.load_pretrained`` (``_load_weights``) path;
 * ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors`` — state dicts (also nested under ``model`` /
@@ -16,24 +21,34 @@ Weights are read offline from a local file only:
 A classifier whose shape differs from the model's (a new task) is dropped and keeps its fresh
 init. Any other tensor of the wrong shape, a missing or unexpected tensor, or a file that is
 not the expected format raises :class:`WeightsError` naming the file and the first tensor at
-fault. Nothing is ever downloaded: ``pretrained=False`` always.
+fault. Nothing is ever downloaded.
+
+A name that carries a pretrained tag (``vit_base_patch16_224.augreg_in21k``, or a deprecated
+``*_in21k`` alias of one) asks for those weights: without ``weights`` or ``pretrained`` it is a
+:class:`~heartlora.config.ConfigError` unless ``random_init=True`` says random weights are meant.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
+import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import timm
 import torch
 from torch import nn
 
+from .config import ConfigError
+
 __all__ = [
-    "BackboneWarning", "WEIGHT_SUFFIXES", "WeightsError", "create_backbone", "load_weights", "sha256_file",
+    "BackboneWarning", "WEIGHT_SUFFIXES", "WeightsError", "create_backbone", "hub_offline", "load_weights",
+    "describe_unreadable", "names_pretrained_weights", "pretrained_weights_file", "sha256_file",
 ]
 
 WEIGHT_SUFFIXES = (".npz", ".npy", ".pth", ".pt", ".bin", ".safetensors")
@@ -67,9 +82,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def _resolve_name(name: str) -> str:
-    """Check ``name`` is a timm model; warn (loudly) about deprecated aliases."""
+    """Check ``name`` is a timm model (and tag); warn (loudly) about deprecated aliases."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"option 'model': expected a timm model name, got {name!r}")
+        raise ConfigError(f"option 'model': expected a timm model name, got {name!r}")
     deprecated = timm.models.get_deprecated_models()
     if name in deprecated:
         target = deprecated[name]
@@ -78,17 +93,27 @@ def _resolve_name(name: str) -> str:
             message = (
                 f"timm's '{name}' resolves to AugReg weights ('{target}', Steiner et al. 2021), NOT the "
                 f"original ViT ImageNet-21k checkpoint ({_ORIGINAL_IN21K_FILES[name]}) that VTAB-1K / few-shot "
-                f"PETL results are reported with. heartlora never downloads: build '{target.split('.')[0]}' and "
+                f"PETL results are reported with. For those, build '{target.split('.')[0]}' and "
                 f"pass the original file with --weights {_ORIGINAL_IN21K_FILES[name]}"
             )
         warnings.warn(message, BackboneWarning, stacklevel=3)
         return name
-    base = name.split(".", 1)[0]
+    base, _, tag = name.partition(".")
     if not timm.is_model(base):
         close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean: {', '.join(close)}" if close else ""
-        raise ValueError(f"option 'model': unknown timm model '{name}'{hint}")
+        raise ConfigError(f"option 'model': unknown timm model '{name}'{hint}")
+    if tag and name not in timm.list_pretrained(name):
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{base}.*")]
+        raise ConfigError(f"option 'model': timm model '{base}' has no pretrained tag '{tag}'"
+                          + (f"; its tags: {', '.join(tags)}" if tags else "; it has no pretrained weights"))
     return name
+
+
+def names_pretrained_weights(name: str) -> bool:
+    """True when the timm name picks pretrained weights: ``arch.tag`` or a deprecated alias of one."""
+    target = timm.models.get_deprecated_models().get(name, name)
+    return "." in name or "." in target
 
 
 def create_backbone(
@@ -96,40 +121,175 @@ def create_backbone(
     *,
     weights: str | os.PathLike | None = None,
     weights_sha256: str | None = None,
+    pretrained: bool = False,
+    random_init: bool = False,
     num_classes: int,
     img_size: int | None = None,
     drop_path_rate: float = 0.1,
     **timm_kwargs: Any,
 ) -> nn.Module:
-    """Build timm model ``name`` (``pretrained=False``) and load local ``weights`` if given.
+    """Build timm model ``name`` with local ``weights``, timm's cached ``pretrained`` weights, or
+    (``random_init``, or a name without a pretrained tag) random weights.
 
-    ``weights_sha256`` (hex) is checked before anything is read. Without ``weights`` the
-    backbone is randomly initialised (a :class:`BackboneWarning` says so). The classifier has
-    ``num_classes`` outputs; it keeps the file's values only when their shape matches.
-    Raises :class:`WeightsError` (file problems) or ``ValueError`` (unknown name / option).
+    ``weights_sha256`` (hex) is checked before anything is read. A randomly initialised backbone
+    gets a :class:`BackboneWarning`. The classifier has ``num_classes`` outputs; it keeps the
+    file's values only when their shape matches. Raises :class:`WeightsError` (file problems),
+    ``FileNotFoundError``, or :class:`~heartlora.config.ConfigError` (unknown name, tag or
+    option; timm arguments it rejects; a pretrained tag without weights).
     """
     if weights_sha256 and not weights:
-        raise ValueError("option 'weights_sha256' needs option 'weights' (a local weights file)")
-    path = _check_weights_file(weights, weights_sha256) if weights else None
+        raise ConfigError("option 'weights_sha256' needs option 'weights' (a local weights file)")
+    if pretrained and weights:
+        raise ConfigError("options 'pretrained' and 'weights' exclude each other: pretrained weights come from "
+                          "timm's cache, 'weights' from a local file; give one")
+    if random_init and (pretrained or weights):
+        raise ConfigError("option 'random_init' means no pretrained weights; drop it, or drop "
+                          f"'{'pretrained' if pretrained else 'weights'}'")
     name = _resolve_name(name)
+    path = _check_weights_file(weights, weights_sha256) if weights else None
+    if path is None and not pretrained and not random_init and names_pretrained_weights(name):
+        raise ConfigError(
+            f"option 'model': '{name}' names timm's pretrained weights, but neither --pretrained nor --weights "
+            "is given; add --pretrained (timm loads them from the local Hugging Face cache), --weights FILE, "
+            "or --random-init to train from random weights"
+        )
     kwargs = dict(timm_kwargs)
     if img_size is not None:
         kwargs["img_size"] = img_size
     kwargs.setdefault("drop_path_rate", drop_path_rate)
+    if pretrained:
+        return _create_pretrained(name, num_classes, kwargs)
+    model = _create(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if path is None:
+        warnings.warn(
+            f"backbone '{name}' has no --weights: it is randomly initialised (heartlora never downloads; "
+            "pass a local .npz/.pth/.bin/.safetensors file, or --pretrained for timm's cached weights)",
+            BackboneWarning, stacklevel=2,
+        )
+        return model
+    load_weights(model, path)
+    return model
+
+
+def _create(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with the arguments it rejects reported as option errors."""
     with warnings.catch_warnings():
         # our own louder warning covers deprecated names
         warnings.filterwarnings("ignore", message="Mapping deprecated model name")
         try:
-            model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-        except TypeError as err:
-            raise ValueError(f"option 'model_kwargs' for timm model '{name}': {err}") from None
-    if path is None:
-        warnings.warn(
-            f"backbone '{name}' has no --weights: it is randomly initialised (heartlora never downloads; "
-            "pass a local .npz/.pth/.bin/.safetensors file)", BackboneWarning, stacklevel=2,
+            return timm.create_model(name, **kwargs)
+        except (TypeError, AssertionError) as err:  # unknown argument; shapes timm asserts (width % heads)
+            reason = str(err) or type(err).__name__
+            raise ConfigError(f"option 'model_kwargs' for timm model '{name}': timm rejects them ({reason})") from None
+
+
+# ----------------------------------------------------------------------------- pretrained (cache)
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Hugging Face Hub offline mode for the duration (the env var, and huggingface_hub's own flag,
+    which it reads at import): a file missing from the cache fails instead of downloading."""
+    previous_env = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:  # timm then only knows URL / file sources
+        hub_constants = None
+    previous = getattr(hub_constants, "HF_HUB_OFFLINE", None)
+    if hub_constants is not None:
+        hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = previous
+        if previous_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous_env
+
+
+def _hub_candidates(filename: str | None) -> list[str]:
+    """The files timm's ``load_state_dict_from_hf`` tries, in its order (safetensors first)."""
+    from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+    filename = filename or HF_WEIGHTS_NAME
+    if filename.endswith(".safetensors"):
+        return [filename]
+    return [*_get_safe_alternatives(filename), filename]
+
+
+def pretrained_weights_file(name: str) -> Path:
+    """Where timm's pretrained weights for ``name`` lie in the local cache; the source timm itself
+    resolves (``pretrained_cfg``: file, then Hugging Face Hub, then URL). Raises
+    :class:`WeightsError` saying which file to place where when it is not there."""
+    from timm.models import get_pretrained_cfg
+
+    resolved = timm.models.get_deprecated_models().get(name, name)
+    cfg = get_pretrained_cfg(resolved)
+    if cfg is None:
+        raise ConfigError(f"option 'pretrained': timm has no pretrained weights for '{name}'")
+    if cfg.file:
+        path = Path(cfg.file).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"{path}: timm's pretrained file for '{name}' is missing")
+        return path
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants as hub_constants
+    except ImportError:
+        huggingface_hub = None
+    if cfg.hf_hub_id and huggingface_hub is not None:
+        from timm.models._hub import hf_split
+
+        repo, revision = hf_split(cfg.hf_hub_id)
+        candidates = _hub_candidates(cfg.hf_hub_filename)
+        for filename in candidates:
+            hit = huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision)
+            if isinstance(hit, str):
+                return Path(hit)
+        cache = Path(hub_constants.HF_HUB_CACHE)
+        folder = cache / f"models--{repo.replace('/', '--')}"
+        raise WeightsError(
+            f"{folder}: timm's pretrained weights for '{name}' are not in the local Hugging Face cache, and "
+            f"heartlora never downloads. Place '{candidates[0]}' of the Hub repo '{repo}' at "
+            f"{folder}/snapshots/<commit>/{candidates[0]} with <commit> written in {folder}/refs/"
+            f"{revision or 'main'} (what `hf download {repo} {candidates[0]}` leaves where there is network; "
+            "copy that cache here, or point HF_HUB_CACHE / HF_HOME at it), or pass a local file with --weights"
         )
-        return model
-    load_weights(model, path)
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url.split("?")[0])
+        if not path.is_file():
+            raise WeightsError(
+                f"{path}: timm's pretrained weights for '{name}' are not in the local torch hub cache, and heartlora "
+                f"never downloads. Place the file from {cfg.url} there (TORCH_HOME selects the cache), or pass it "
+                "with --weights"
+            )
+        return path
+    raise ConfigError(f"option 'pretrained': timm has no pretrained weights for '{name}'")
+
+
+def _create_pretrained(name: str, num_classes: int, kwargs: dict) -> nn.Module:
+    """``timm.create_model(name, pretrained=True)`` from the local cache only.
+
+    It is built with the checkpoint's own class count, so timm loads every tensor strictly (timm
+    loads non-strictly, and silently, once the classifier is dropped), then the classifier is
+    reset to ``num_classes`` outputs."""
+    from timm.models import get_pretrained_cfg
+
+    source = pretrained_weights_file(name)
+    cfg = get_pretrained_cfg(timm.models.get_deprecated_models().get(name, name))
+    checkpoint_classes = cfg.num_classes if cfg.num_classes is not None else num_classes
+    try:
+        with hub_offline():
+            model = _create(name, pretrained=True, num_classes=checkpoint_classes, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as err:  # a cached file of another architecture, or a corrupt one
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise WeightsError(f"{source}: timm cannot load these pretrained weights into '{name}' with the given "
+                           f"arguments ({type(err).__name__}: {first})") from None
+    if checkpoint_classes != num_classes:
+        model.reset_classifier(num_classes)
     return model
 
 
@@ -142,7 +302,7 @@ def _check_weights_file(weights: str | os.PathLike, expected_sha256: str | None)
     if expected_sha256:
         expected = expected_sha256.strip().lower()
         if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-            raise ValueError(f"option 'weights_sha256': expected 64 hex digits, got {expected_sha256!r}")
+            raise ConfigError(f"option 'weights_sha256': expected 64 hex digits, got {expected_sha256!r}")
         actual = sha256_file(path)
         if actual != expected:
             raise WeightsError(
@@ -169,16 +329,52 @@ def load_weights(model: nn.Module, weights: str | os.PathLike) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ .pth
-def _load_state_dict_file(model: nn.Module, path: Path) -> None:
-    from timm.models import load_state_dict
+def describe_unreadable(err: BaseException) -> str:
+    """Why a weights file cannot be read, in one line, without torch's advice to unpickle code."""
+    text = str(err)
+    if isinstance(err, EOFError) or not text.strip():
+        return "the file is empty or truncated"
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it holds pickled Python objects ({found.group(1)}), not only tensors, and heartlora never "
+                "unpickles code; save the tensors alone (torch.save(model.state_dict(), PATH) or safetensors)")
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in text:
+        return "not a PyTorch file of tensors (truncated, or another format?)"
+    if "PytorchStreamReader" in text:
+        return "a truncated or corrupted PyTorch file (its zip archive cannot be read)"
+    return f"{type(err).__name__}: {text.strip().splitlines()[0]}"
+
+
+def _read_state_dict(path: Path) -> dict:
+    """The state dict in a ``.pth``/``.bin``/``.safetensors`` file, nested keys picked as timm's
+    ``load_state_dict`` does (EMA first), tensors only; never unpickles code."""
+    from safetensors.torch import load_file
+    from timm.models import clean_state_dict
 
     try:
-        state = load_state_dict(str(path), use_ema=True, device="cpu", weights_only=True)
-    except Exception as err:  # corrupted file, pickle not allowed with weights_only, …
-        raise WeightsError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise WeightsError(f"{path}: expected a state dict of named tensors")
-    state = {k: v for k, v in state.items() if torch.is_tensor(v)}
+        if path.suffix.lower() == ".safetensors":
+            checkpoint = load_file(str(path), device="cpu")
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path}: cannot read weights: {describe_unreadable(err)}") from None
+    if isinstance(checkpoint, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if checkpoint.get(key) is not None:
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict):
+        raise WeightsError(f"{path}: holds a {type(checkpoint).__name__}, not a state dict (a mapping of tensor "
+                           "names to tensors, as torch.save(model.state_dict(), PATH) writes)")
+    if not all(isinstance(k, str) for k in checkpoint):
+        raise WeightsError(f"{path}: expected a state dict of named tensors, found non-string keys")
+    return clean_state_dict({k: v for k, v in checkpoint.items() if torch.is_tensor(v)})
+
+
+def _load_state_dict_file(model: nn.Module, path: Path) -> None:
+    state = _read_state_dict(path)
+    if not state:
+        raise WeightsError(f"{path}: holds no tensors (expected the backbone's state dict)")
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:
@@ -266,7 +462,9 @@ def _load_npz(model: nn.Module, path: Path) -> None:
         with np.load(path) as npz:
             shapes = {k: tuple(npz[k].shape) for k in npz.files}
     except Exception as err:
-        raise WeightsError(f"{path}: cannot read as .npz ({type(err).__name__}: {err})") from None
+        # numpy's own text suggests allow_pickle=True, which heartlora never does
+        raise WeightsError(f"{path}: cannot read as .npz (not a NumPy .npz archive of arrays, or truncated: "
+                           f"{type(err).__name__})") from None
     expected = _npz_expected(model)
     prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in shapes), None)
     if prefix is None:

@@ -29,26 +29,17 @@ CHEAP_SCORES = ("taylor", "activation", "weight")
 # ----- loading a finished run -------------------------------------------------------------------------
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model with its adapter, run record, task data) of a finished ``heartlora train`` run."""
-    from ..adapters_io import load_adapter, read_adapter_config
-    from ..config import ModelConfig
     from ..data import load_task
-    from ..engine.build import build_backbone, new_classifier
-    from ..engine.loop import ADAPTER_DIR, BACKBONE_NAME
+    from ..engine.loop import ADAPTER_DIR
+    from ..interop.folder import load_adapter_folder
 
     run_dir = Path(run_dir)
     record_path = run_dir / RUN_NAME
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path}: not a finished run (no {RUN_NAME})")
     record = json.loads(record_path.read_text())
-    adapter = run_dir / ADAPTER_DIR
-    backbone = json.loads((adapter / BACKBONE_NAME).read_text())
-    config = record["config"]
-    data = config["data"]
-    model_cfg = ModelConfig(name=backbone["model"], weights=backbone.get("weights"), kwargs=backbone.get("kwargs") or {},
-                            drop_path=0.0)
-    model = build_backbone(model_cfg, backbone["img_size"], backbone.get("seed", 42))
-    new_classifier(model, read_adapter_config(adapter)["num_classes"])
-    load_adapter(model, adapter)
+    model, backbone = load_adapter_folder(run_dir / ADAPTER_DIR)  # its backbone as trained: weights, pretrained, …
+    data = record["config"]["data"]
     task = load_task(data["kind"], data["root"], data["task"], split=data["split"], shots=data.get("shots"),
                      seed=data.get("fewshot_seed"), image_size=backbone["img_size"],
                      normalize=backbone.get("normalize", "none"))
@@ -83,12 +74,12 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def score_run(model, batches) -> dict[str, list[torch.Tensor]]:
-    """Every score kind on the same batches (eval mode: no dropout, no drop-path)."""
+def score_run(model, batches, kinds: Sequence[str] = CHEAP_SCORES + ("ablation",)) -> dict[str, list[torch.Tensor]]:
+    """Score kinds (default: every one) on the same batches (eval mode: no dropout, no drop-path)."""
     from ..methods.responsiveness import HeadScorer, ablation_scores
 
     results = {}
-    for kind in CHEAP_SCORES:
+    for kind in (k for k in CHEAP_SCORES if k in kinds):
         with HeadScorer(model, kind) as scorer:
             if kind != "weight":
                 for images, labels in batches:
@@ -96,30 +87,64 @@ def score_run(model, batches) -> dict[str, list[torch.Tensor]]:
                     F.cross_entropy(model(images), labels).backward()
             results[kind] = scorer.scores()
     model.zero_grad(set_to_none=True)
-    results["ablation"] = ablation_scores(model, batches)
+    if "ablation" in kinds:
+        results["ablation"] = ablation_scores(model, batches)
     return results
 
 
+def _adapter_panel(adapter_dir: Path, data: dict, batches: int, batch_size: int, score: str, correlate: bool):
+    """(label, scores, masks, results by score kind) of an adapter folder without a run record
+    (e.g. imported from PEFT): its heads are scored on ``data``'s training split."""
+    from ..data import load_task
+    from ..interop.folder import load_adapter_folder
+    from ..methods import get_state
+
+    if not data.get("root"):
+        raise ValueError(f"{adapter_dir}: an adapter folder without run.json is scored on data; give --data (and --task)")
+    model, backbone = load_adapter_folder(adapter_dir)
+    task = load_task(data.get("kind") or "vtab", data["root"], data.get("task"), split=data.get("split") or "final",
+                     image_size=backbone["img_size"], normalize=backbone.get("normalize") or "none")
+    kinds = CHEAP_SCORES + ("ablation",) if correlate else (score,)
+    results = score_run(model, _batches(task.train, batches, batch_size), kinds)
+    state = get_state(model)
+    masks = state.head_masks or [[True] * len(layer) for layer in results[score]]
+    label = f"{task.name}\n{state.method} · {adapter_dir.name} ({score})"
+    return label, [t.tolist() for t in results[score]], masks, results
+
+
 def responsiveness(run_dirs: Sequence[str | Path], out_dir: str | Path, correlate: bool = True,
-                   batches: int = 2, batch_size: int = 32) -> dict[str, Path]:
+                   batches: int = 2, batch_size: int = 32, data: dict | None = None,
+                   score: str = "taylor") -> dict[str, Path]:
+    """Heatmaps of finished heart-lora runs' recorded head scores; an adapter folder without a
+    run record (any low-rank adapter, e.g. one imported from PEFT) is scored afresh with ``score``
+    on ``data`` (``{"kind", "root", "task", "split"}``)."""
+    if score not in CHEAP_SCORES + ("ablation",):
+        raise ValueError(f"score {score!r}: expected one of {', '.join(CHEAP_SCORES + ('ablation',))}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     panels, score_rows, corr_rows = {}, [], []
     for run_dir in run_dirs:
-        record = json.loads((Path(run_dir) / RUN_NAME).read_text())
-        heads = record.get("heads")
-        if not heads or not heads.get("scores"):
-            raise ValueError(f"{Path(run_dir) / RUN_NAME}: no head scores (a heart-lora run is needed)")
-        label = f"{record['data']['task']}\n{record['config']['method']['name']} · {Path(run_dir).name}"
+        results = None
+        if not (Path(run_dir) / RUN_NAME).is_file() and _is_adapter_folder(Path(run_dir)):
+            label, scores, masks, results = _adapter_panel(Path(run_dir), data or {}, batches, batch_size, score,
+                                                           correlate)
+            heads = {"scores": scores, "head_masks": masks}
+        else:
+            record = json.loads((Path(run_dir) / RUN_NAME).read_text())
+            heads = record.get("heads")
+            if not heads or not heads.get("scores"):
+                raise ValueError(f"{Path(run_dir) / RUN_NAME}: no head scores (a heart-lora run is needed)")
+            label = f"{record['data']['task']}\n{record['config']['method']['name']} · {Path(run_dir).name}"
         if label in panels:
             raise ValueError(f"{run_dir}: given twice")
         panels[label] = (heads["scores"], heads["head_masks"])
         for layer, (scores, mask) in enumerate(zip(heads["scores"], heads["head_masks"])):
-            for head, (score, active) in enumerate(zip(scores, mask)):
-                score_rows.append([label.replace("\n", " "), layer, head, score, int(active)])
+            for head, (value, active) in enumerate(zip(scores, mask)):
+                score_rows.append([label.replace("\n", " "), layer, head, value, int(active)])
         if correlate:
-            model, _, task = load_run(run_dir)
-            results = score_run(model, _batches(task.train, batches, batch_size))
+            if results is None:
+                model, _, task = load_run(run_dir)
+                results = score_run(model, _batches(task.train, batches, batch_size))
             masks = heads["head_masks"]
             active = lambda per_layer: [float(v) for s, m in zip(per_layer, masks) for v, a in zip(s.tolist(), m) if a]
             exact = active(results["ablation"])
@@ -134,6 +159,12 @@ def responsiveness(run_dirs: Sequence[str | Path], out_dir: str | Path, correlat
             csv.writer(f).writerows([["run", "score", "spearman_vs_ablation", "heads"], *corr_rows])
         written["correlation_csv"] = out / "score_correlation.csv"
     return written
+
+
+def _is_adapter_folder(path: Path) -> bool:
+    from ..interop.folder import resolve_adapter_dir
+
+    return (resolve_adapter_dir(path) / "adapter_config.json").is_file()
 
 
 # ----- training analyses --------------------------------------------------------------------------

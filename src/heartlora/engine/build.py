@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ..methods.factory import apply, get_state
-from .. import precision
 from ..config import ConfigError, MethodConfig, ModelConfig, RunConfig
 from ..precision import AmpDecision
+from ..precision import resolve_amp as _resolve_amp
 from ..methods.base import get_method
 from ..models import create_backbone
 from ..seeding import seed_all
@@ -57,7 +57,7 @@ def resolve_device(spec: str) -> torch.device:
 def resolve_amp(spec: str, device: torch.device) -> AmpDecision:
     """:func:`heartlora.precision.resolve_amp`, with option errors as ConfigError."""
     try:
-        return precision.resolve_amp(spec, device)
+        return _resolve_amp(spec, device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -106,6 +106,7 @@ def build_backbone(model: ModelConfig, image_size: int, seed: int) -> nn.Module:
     img_size, kwargs = _img_size(model, image_size)
     seed_all(seed)
     return create_backbone(model.name, weights=model.weights, weights_sha256=model.weights_sha256, num_classes=0,
+                           pretrained=model.pretrained, random_init=model.random_init,
                            img_size=img_size, drop_path_rate=model.drop_path, **kwargs)
 
 

@@ -368,7 +368,9 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         ckpt_path, run_path = out / CHECKPOINT_NAME, out / RUN_NAME
         if config.resume and ckpt_path.exists():
             checkpoint = load_checkpoint(ckpt_path)
-            diff = config_diff(checkpoint["config"], config.to_dict(), RESUME_MAY_CHANGE)
+            # settings added since the checkpoint was written take their defaults, as they did then
+            saved = RunConfig.from_dict(checkpoint["config"], str(ckpt_path)).to_dict()
+            diff = config_diff(saved, config.to_dict(), RESUME_MAY_CHANGE)
             if diff:
                 raise ConfigError(f"{ckpt_path}: the run being resumed had other settings: " + "; ".join(diff))
             done = checkpoint["progress"]["epoch"] >= config.schedule.epochs - 1
@@ -579,7 +581,8 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         backbone = {"model": config.model.name, "weights": config.model.weights, "weights_sha256": weights_sha256,
                     "kwargs": config.model.kwargs, "img_size": config.data.image_size, "seed": config.seed,
                     "drop_path": config.model.drop_path, "normalize": config.data.normalize,
-                    "class_names": task.classes}
+                    "class_names": task.classes, "pretrained": config.model.pretrained,
+                    "random_init": config.model.random_init}
         _install_adapter(model, out, backbone)
         record["files"] = {"adapter": ADAPTER_DIR, "checkpoint": CHECKPOINT_NAME, "run": RUN_NAME}
         record["adapter_file_bytes"] = (out / ADAPTER_DIR / "adapter.safetensors").stat().st_size
