@@ -65,7 +65,7 @@ def test_ddp_equals_one_process_with_the_same_global_batch(runs):
     assert ddp["execution"] == {"executor": "torchrun", "world_size": 2, "nodes": single["execution"]["nodes"],
                                 "backend": "gloo"}
     # rank 0 alone writes: one record, one adapter, one checkpoint, no stray files
-    assert sorted(p.name for p in (root / "ddp").iterdir()) == ["adapter", "checkpoint.pt", "run.json"]
+    assert sorted(p.name for p in (root / "ddp").iterdir()) == ["adapter", "checkpoint.pt", "data_fingerprint.json", "run.json"]
 
 
 def test_heartlora_train_nproc_launches_torchrun(runs, capfd):

@@ -82,7 +82,7 @@ def test_two_real_processes_into_one_out_and_resume_while_running(sandbox):
     root, _ = sandbox
     out = root / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(sys.path))
-    args = [sys.executable, "-m", "heartlora.cli", *TRAIN, "--epochs", "40", "--eval-every", "0",
+    args = [sys.executable, "-m", "heartlora.cli", *TRAIN, "--epochs", "100000", "--eval-every", "0",
             "--data", str(root / "data"), "--out", str(out)]
     first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -148,7 +148,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_good_one_and_resumes_exactly(s
     assert code == 1
     line = one_line_error(err)
     assert str(out / "checkpoint.pt") in line and "No space left on device (ENOSPC)" in line
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # no temporaries, no lock left
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "data_fingerprint.json"]  # no temporaries, no lock
     kept = torch.load(out / "checkpoint.pt", weights_only=True)
     assert kept["progress"]["epoch"] == 0  # the last good checkpoint
     assert snapshot(exclude=out) == before
@@ -283,3 +283,36 @@ def test_evaluating_at_another_image_size_warns(sandbox, capsys):
     assert code == 0, err
     code, _, err = run(capsys, "eval", "--adapter", out / "adapter", "--image-size", 48, "--amp", "off")
     assert "another input geometry" in err and "image size 32 → 48" in err
+
+
+# ----- 10: images changed between a kill and --resume ---------------------------------------------
+def test_images_changed_before_a_resume_are_named(sandbox, capsys):
+    root, snapshot = sandbox
+    out = root / "run"
+    stop = {"after": 0}
+
+    from heartlora.config import RunConfig
+    from heartlora.engine.loop import train
+
+    def kill(epoch, entry):
+        if epoch == stop["after"]:
+            raise KeyboardInterrupt
+
+    config = RunConfig.from_dict({"model": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8, "embed_dim": 48,
+                                  "depth": 2, "num_heads": 4}, "image_size": 32, "batch_size": 8, "workers": 0,
+                                  "quiet": True, "data": str(root / "data"), "task": "cifar", "epochs": 3,
+                                  "warmup_epochs": 1, "lr": 0.01, "eval_every": 1, "out": str(out), "amp": "off"})
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[kill])
+    image = root / "data" / "cifar" / "images" / "train800" / "000002.jpg"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(image, quality=50)  # other pixels, other size
+    before = snapshot(exclude=out)
+    code, _, err = run(capsys, *TRAIN, "--data", root / "data", "--out", out, "--resume")
+    assert code == 1
+    line = one_line_error(err)
+    assert str(out / "data_fingerprint.json") in line and "images/train800/000002.jpg" in line and "size" in line
+    assert snapshot(exclude=out) == before
+    code, _, err = run(capsys, *TRAIN, "--data", root / "data", "--out", out, "--resume", "--data-fingerprint", "off")
+    assert code == 0 and "without checking that its images are unchanged" in err

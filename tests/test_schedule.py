@@ -159,6 +159,9 @@ class CountingDataset(torch.utils.data.Dataset):
         self.reads += 1
         return self.inner[index]
 
+    def __getattr__(self, name):  # paths, targets, ...: the inner dataset's (reading them is no image read)
+        return getattr(self.inner, name)
+
 
 def test_ne_auto_never_reads_the_test_split(vtab_root, monkeypatch):
     seen = {}

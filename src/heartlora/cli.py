@@ -115,6 +115,12 @@ def _data_args(parser, suppress: bool, defaults: bool = True, loader: bool = Tru
     _add(g, suppress, "--check-images", default=d(c.check_images if loader else False), action=argparse.BooleanOptionalAction,
          help="decode every image before starting")
     _add(g, suppress, "--workers", default=d(c.workers), type=_nonneg_int, help="DataLoader worker processes")
+    if loader:
+        _add(g, suppress, "--allow-outside-root", default=d(c.allow_outside_root), action=argparse.BooleanOptionalAction,
+             help="let list lines name images outside the task folder (absolute or ../ paths)")
+        _add(g, suppress, "--data-fingerprint", default=d(c.fingerprint), choices=("stat", "content", "off"),
+             help="how a resumed run checks its images are unchanged: stat = sizes and modification times (cheap), "
+                  "content = sha256 of every image, off = no check (recorded)")
 
 
 def _train_parser(parser: argparse.ArgumentParser, suppress: bool) -> None:

@@ -72,6 +72,8 @@ class DataConfig:
     normalize: str = "none"  # none | imagenet | inception
     augment: bool = False
     check_images: bool = True  # decode every image before training starts
+    allow_outside_root: bool = False  # list lines may name images outside the task folder
+    fingerprint: str = "stat"  # stat: sizes + modification times | content: sha256 of the bytes | off (see resume)
     workers: int = 4
 
 
@@ -158,6 +160,7 @@ class RunConfig:
         positive_int("workers", d.workers, 0)
         positive_int("image_size", d.image_size)
         need(d.kind in ("vtab", "fewshot", "folder"), "data_kind", d.kind, "one of vtab, fewshot, folder")
+        need(d.fingerprint in ("stat", "content", "off"), "data_fingerprint", d.fingerprint, "one of stat, content, off")
         need(d.root is not None and str(d.root) != "", "data", d.root, "the data root folder (--data ROOT)")
         need(self.amp in ("auto", "bf16", "off", "none"), "amp", self.amp, "one of auto, bf16, off")
         need(isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"),
@@ -185,6 +188,7 @@ FLAT_KEYS: dict[str, tuple[str | None, str]] = {
     "shots": ("data", "shots"), "fewshot_seed": ("data", "fewshot_seed"), "num_classes": ("data", "num_classes"),
     "image_size": ("data", "image_size"), "normalize": ("data", "normalize"), "augment": ("data", "augment"),
     "check_images": ("data", "check_images"), "workers": ("data", "workers"),
+    "allow_outside_root": ("data", "allow_outside_root"), "data_fingerprint": ("data", "fingerprint"),
     **{f.name: ("schedule", f.name) for f in dataclasses.fields(ScheduleConfig)},
     **{name: (None, name) for name in _RUN_FIELDS},
 }

@@ -138,7 +138,7 @@ def build(config: RunConfig, device: torch.device) -> Built:
     model = build_backbone(m, d.image_size, config.seed)
     task = load_task(d.kind, d.root, d.task, split=d.split, shots=d.shots, seed=d.fewshot_seed,
                      image_size=d.image_size, normalize=d.normalize, augment=d.augment, num_classes=d.num_classes,
-                     check_images=d.check_images)
+                     check_images=d.check_images, allow_outside_root=d.allow_outside_root)
     try:
         apply(model, config.method.name, **config.method.options)
     except ValueError as err:

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Subset
 from ..adapters_io import adapter_bytes, save_adapter, trainable_parameters
 from ..config import ConfigError, RunConfig
 from ..data.errors import DataError
+from ..data.fingerprint import compare_fingerprints, content_fingerprint, describe_changes
 from ..fsio import OutputError, umask
 from ..methods.base import MethodSchedule, ScheduleActions, ScheduleContext, get_method
 from ..methods.factory import get_state
@@ -68,7 +69,8 @@ BACKBONE_NAME = "backbone.json"  # beside adapter_config.json: how to rebuild th
 # Settings that may change between a run and its resumption (the data and weights are compared
 # by their manifest hash / sha256 instead of their paths).
 RESUME_MAY_CHANGE = {"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images", "data.root",
-                     "model.weights"}
+                     "model.weights", "data.fingerprint"}
+FINGERPRINT_NAME = "data_fingerprint.json"  # written once per run: the images it trains and evaluates on
 
 Callback = Callable[[int, dict], None]
 
@@ -188,6 +190,28 @@ def _held_out(task, config: RunConfig, fraction: float | None) -> tuple[object, 
             "images": count, "train_images": n - count, "trained_on": False,
             "indices_sha256": _indices_digest(held)}
     return Subset(task.train, kept), Subset(task.train, held), info
+
+
+def _data_fingerprint(task, config: RunConfig, out: Path | None, resuming: bool) -> dict | None:
+    """The images' fingerprint (sizes + modification times, or their sha256); on a resume, a
+    DataError naming every image that changed since the run started."""
+    mode = config.data.fingerprint
+    if mode == "off":
+        if resuming:
+            warnings.warn(f"option 'data_fingerprint'=off: resuming {out} without checking that its images are "
+                          "unchanged", stacklevel=3)
+        return None
+    saved_path = out / FINGERPRINT_NAME if out is not None else None
+    saved = json.loads(saved_path.read_text(encoding="utf-8")) if resuming and saved_path.is_file() else None
+    content = (saved["method"] == "sha256") if saved else mode == "content"
+    current = content_fingerprint(task, content=content)
+    if saved is not None:
+        changes = compare_fingerprints(saved, current)
+        if changes:
+            raise DataError(f"{saved_path}: {describe_changes(changes)} since the run started; expected the same "
+                            "images (restore them, or start a new run; if only their modification times changed, "
+                            "e.g. by a copy, resume with --data-fingerprint off)")
+    return current
 
 
 def _indices_digest(indices: list[int]) -> str:
@@ -426,6 +450,10 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
     progress = {"epoch": -1, "curve": [], "evaluations": [], "train_images": 0, "train_seconds": 0.0,
                 "wall_seconds": 0.0, "peak_memory": 0, "resumed_at": [], "started_at": started_at,
                 "lr_restarted_at": None}
+    fingerprint = _data_fingerprint(task, config, out, resuming=checkpoint is not None)
+    if writes and checkpoint is None and fingerprint is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / FINGERPRINT_NAME, fingerprint)
     if checkpoint is not None:
         source = str(out / CHECKPOINT_NAME)
         if checkpoint["manifest_hash"] != task.manifest_hash:
@@ -557,6 +585,7 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
                  "train_split": task.manifest.get("train_split"), "eval_split": task.manifest.get("eval_split"),
                  "num_classes": task.num_classes, "train_images": len(train_data), "eval_images": len(task.eval),
                  "held_out": held_out_info,
+                 "fingerprint": None if fingerprint is None else {k: fingerprint[k] for k in ("method", "images", "sha256")},
                  "manifest_hash": task.manifest_hash, "manifest": task.manifest, "warnings": list(task.warnings)},
         "schedule": learning_rate.to_dict(),
         "curve": progress["curve"],
