@@ -185,12 +185,14 @@ def _integer_axis(ax, xs: Sequence[float], log2: bool) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _draw_series(ax, series: Mapping[str, tuple], log2: bool, colors: dict) -> None:
+def _draw_series(ax, series: Mapping[str, tuple], log2: bool, colors: dict, clip: tuple | None = None) -> None:
     for label, values in series.items():
         xs, ys = values[0], values[1]
         ax.plot(xs, ys, marker="o", ms=4, label=label, color=colors[label])
         if len(values) > 3 and values[2] is not None:
             lo, hi = np.asarray(values[2], float), np.asarray(values[3], float)
+            if clip is not None:  # a band of ± std must not leave the range accuracy lives in
+                lo, hi = np.clip(lo, *clip), np.clip(hi, *clip)
             ok = np.isfinite(lo) & np.isfinite(hi)
             if ok.any():
                 ax.fill_between(np.asarray(xs, float)[ok], lo[ok], hi[ok], color=colors[label], alpha=0.18, lw=0)
@@ -205,12 +207,12 @@ def _colors(labels: Sequence[str]) -> dict:
 
 
 def plot_lines(series: Mapping[str, tuple], path: str | Path, xlabel: str, ylabel: str, title: str = "",
-               logx: bool = False, band: str = "") -> FigureFiles:
-    """Labelled lines ``{label: (xs, ys[, lo, hi])}``; ``lo``/``hi`` draw a band, which ``band``
-    names in the legend title (e.g. "band: ± std over 3 seeds")."""
+               logx: bool = False, band: str = "", clip: tuple | None = None) -> FigureFiles:
+    """Labelled lines ``{label: (xs, ys[, lo, hi])}``; ``lo``/``hi`` draw a band (kept inside
+    ``clip``), which ``band`` names in the legend title (e.g. "band: ± std over 3 seeds")."""
     with plt.rc_context(_STYLE):
         fig, ax = _figure(figsize=(5.6, 3.9))
-        _draw_series(ax, series, logx, _colors(list(series)))
+        _draw_series(ax, series, logx, _colors(list(series)), clip=clip)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if title:
@@ -231,7 +233,7 @@ def plot_fewshot(panels: Mapping[str, Mapping[str, tuple]], path: str | Path, ba
         labels = list(dict.fromkeys(label for p in panels.values() for label in p))
         colors = _colors(labels)
         for ax, (name, series) in zip(axes.flat, panels.items()):
-            _draw_series(ax, series, True, colors)
+            _draw_series(ax, series, True, colors, clip=(0.0, 100.0))
             ax.set_title(name)
             ax.set_xlabel("shots per class")
             ax.set_ylabel("test accuracy (%)")

@@ -1,4 +1,5 @@
-"""VTAB-1K arithmetic: group means, the mean of group means ("Average") and the 19-task mean.
+"""Report arithmetic: VTAB-1K group means, the mean of group means ("Average"), the 19-task mean,
+and the seed statistics of every table cell (mean, sample std, n, 95% Student-t interval).
 
 The literature's "Average" column is the mean of the three group means (Natural, Specialized,
 Structured); the plain mean over 19 tasks differs and is reported beside it, labelled.

@@ -343,7 +343,7 @@ def ne_sweep(base, tasks: Sequence[str], out_dir: str | Path, ne_values: Sequenc
     atomic_write(out / "ne_sweep.csv", _csv_bytes([["task", "ne", "seed", "accuracy"], *rows]))
     band = f"band: ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed: no band"
     figure = plot_lines(series, out / "ne_sweep", "heads switched off per layer (ne)", "test accuracy (%)",
-                        title=f"{method}: accuracy vs ne ({protocol} protocol)", band=band)
+                        title=f"{method}: accuracy vs ne ({protocol} protocol)", band=band, clip=(0.0, 100.0))
     return _files({}, figure, {"csv": out / "ne_sweep.csv"})
 
 

@@ -58,7 +58,8 @@ def _capture(model, images: torch.Tensor, layer: int):
         for hook in hooks:
             hook.remove()
     if not probs:
-        raise RuntimeError(f"{site.name}: no attention probabilities captured")
+        raise ValueError(f"{site.name}: no attention probabilities captured (its attention does not run through "
+                         "'attn_drop' on the explicit path)")
     return probs[0], block, inputs[0]
 
 

@@ -135,6 +135,8 @@ def _tuned_choices(runs_dir: Path) -> dict[Path, frozenset]:
         if not isinstance(entries, list):
             raise ReportError(f"{path}: expected a list of tuning choices")
         for entry in entries:
+            if not isinstance(entry, dict) or "cell" not in entry:
+                raise ReportError(f"{path}: a tuning choice without 'cell' (expected {{cell, chosen, candidates}})")
             candidates = [c.get("options") or {} for c in entry.get("candidates") or []]
             keys = {k for c in candidates for k in c}
             varied = frozenset(k for k in keys if len({_frozen(c.get(k)) for c in candidates}) > 1)
