@@ -139,18 +139,17 @@ def plot_accuracy_vs_bytes(rows: Sequence[dict], path: str | Path, title: str = 
         ys = [float(r["accuracy"]) for r in rows]
         errs = [float(r.get("std") or 0.0) if not math.isnan(float(r.get("std") or 0.0)) else 0.0 for r in rows]
         colors = plt.get_cmap("tab10")
+        markers = "osD^vP*Xh<>"
         for i, (x, y, e, row) in enumerate(zip(xs, ys, errs, rows)):
-            ax.errorbar([x], [y], yerr=[e] if e else None, fmt="o", color=colors(i % 10), capsize=3, ms=6, zorder=3)
-            ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -11),
-                        fontsize=8, color=colors(i % 10))
+            # a legend entry per point: labels of nearby points never overlap
+            ax.errorbar([x], [y], yerr=[e] if e else None, fmt=markers[i % len(markers)], color=colors(i % 10),
+                        capsize=3, ms=6, zorder=3, label=row["method"])
         front = pareto_front(list(zip(xs, ys)))
         if len(front) > 1:
             fx, fy = [xs[i] for i in front], [ys[i] for i in front]
             ax.step(fx, fy, where="post", color="0.4", linestyle="--", linewidth=1, zorder=2, label="Pareto front")
-        if any(errs):
-            ax.errorbar([], [], yerr=[], fmt="none", color="0.3", capsize=3, label="± std over seeds")
-        if len(front) > 1 or any(errs):
-            ax.legend(loc="lower right", frameon=False)
+        fig.legend(loc="outside lower center", ncol=min(3, len(rows) + 1), frameon=False,
+                   title="bars: ± std over seeds" if any(errs) else None)
         positive = [x for x in xs if x > 0]
         if positive and any(x == 0 for x in xs):
             ax.set_xscale("symlog", linthresh=min(positive) / 2, linscale=0.6)
@@ -256,8 +255,8 @@ def plot_grouped_bars(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]], p
         n = len(panels)
         bars = list(dict.fromkeys(b for p in panels.values() for g in p.values() for b in g))
         groups_max = max(len(p) for p in panels.values())
-        fig, axes = _figure(1, n, figsize=(max(3.6, 0.9 * groups_max * max(1, len(bars)) / 2 + 1.6) * n, 3.8),
-                            squeeze=False, sharey=True)
+        width = max(3.6, 0.9 * groups_max * max(1, len(bars)) / 2 + 1.6) * n
+        fig, axes = _figure(1, n, figsize=(width, 3.8 + 0.25 * math.ceil(len(bars) / 2)), squeeze=False, sharey=True)
         colors = _colors(bars)
         width = 0.8 / max(1, len(bars))
         for ax, (name, groups) in zip(axes[0], panels.items()):
@@ -283,7 +282,7 @@ def plot_grouped_bars(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]], p
             span = max(high - low, 0.05)
             axes[0][0].set_ylim(max(0.0, low - 0.35 * span), high + 0.15 * span)
         fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center",
-                   ncol=min(5, len(bars)), frameon=False, title=note or None)
+                   ncol=min(len(bars), max(1, int(width // 2.6))), frameon=False, title=note or None)
         if title:
             fig.suptitle(title)
     return save_figure(fig, path)

@@ -71,7 +71,9 @@ def _bytes_points(table: Table) -> tuple[list[dict], str]:
         spread = summarize(complete).std if complete else float("nan")
         points.append({"method": r.label, "accuracy": statistics.fmean(r.cells[t].mean for t in common), "std": spread,
                        "adapter_bytes": r.adapter_bytes or 0.0})
-    return points, f"mean over the {len(common)} task(s) every row ran (%)"
+    if len(common) == 1:
+        return points, f"{common[0]} test accuracy (%)"
+    return points, f"mean over the {len(common)} tasks every row ran (%)"
 
 
 def _table_files(table: Table, variants, protocol: str, stem: str, out: Path, records: int,

@@ -19,9 +19,9 @@ from .aggregate import Summary, group_means, summarize, t_quantile_975
 from .variants import Record, Variant
 
 PROTOCOL_TEXT = {
-    "paper": "paper protocol: best test accuracy over the evaluations of a train800val200 run (test-set model "
-             "selection, as the literature reports)",
-    "clean": "clean protocol: final-epoch test accuracy of a train800val200 run whose options were fixed "
+    "paper": "paper protocol: best test accuracy over the evaluations of a final-split run (VTAB-1K: "
+             "train800val200; test-set model selection, as the literature reports)",
+    "clean": "clean protocol: final-epoch test accuracy of a final-split run whose options were fixed "
              "beforehand (tuned on train800 → val200 where marked)",
 }
 GROUP_COLUMNS = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured",
