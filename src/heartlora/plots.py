@@ -212,6 +212,9 @@ def plot_lines(series: Mapping[str, tuple], path: str | Path, xlabel: str, ylabe
     with plt.rc_context(_STYLE):
         fig, ax = _figure(figsize=(5.6, 3.9))
         _draw_series(ax, series, logx, _colors(list(series)), clip=clip)
+        if clip is not None:  # a flat line must not put the axis beyond the possible range
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(low, clip[0] - 1.0), min(high, clip[1] + 1.0))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if title:

@@ -307,8 +307,12 @@ def deactivate(base, tasks: Sequence[str], out_dir: str | Path, ne_values: Seque
     if not panels:
         raise AnalysisError(f"analyze deactivate: every ne=0 baseline has accuracy 0, so no ratio exists "
                             f"(see {out / 'deactivate.csv'})")
-    n_text = f"{len(seeds)} run seed{'s' if len(seeds) > 1 else ''}"
-    note = f"error bars: 95% t-interval over {n_text} (random: × selection seeds)"
+    if len(seeds) > 1:
+        note = f"error bars: 95% t-interval over {len(seeds)} run seeds" + (" (random: × selection seeds)"
+                                                                          if "random" in wanted else "")
+    else:
+        note = "one run seed: no error bars" + (" (random: 95% t-interval over selection seeds)"
+                                                if "random" in wanted and len(random_seeds) > 1 else "")
     if no_ratio:
         missing = ", ".join(sorted(no_ratio))
         log(f"no ratio for {missing}: accuracy 0 at ne=0 (numbers in {out / 'deactivate.csv'})")
