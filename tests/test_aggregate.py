@@ -40,3 +40,25 @@ def test_mean_std():
 def test_tasks_of_ones_own_enter_only_the_plain_mean():
     result = group_means({"cifar": 70.0, "digits": 90.0})
     assert result["natural"] == 70.0 and result["mean_tasks"] == 80.0
+
+
+def test_t_quantiles_and_interval_by_hand():
+    from heartlora.bench.aggregate import summarize, t_quantile_975
+
+    assert t_quantile_975(1) == pytest.approx(12.7062, abs=1e-4)
+    assert t_quantile_975(2) == pytest.approx(4.3027, abs=1e-4)
+    assert t_quantile_975(40) == pytest.approx(2.0211, abs=1e-4)  # beyond the table: the expansion
+    assert t_quantile_975(10_000) == pytest.approx(1.9602, abs=1e-4)
+    s = summarize([70.0, 72.0, 74.0])  # mean 72, std 2, half-width t(2)·2/√3
+    half = 4.3027 * 2.0 / 3 ** 0.5
+    assert (s.mean, s.std, s.n) == (72.0, 2.0, 3)
+    assert s.low == pytest.approx(72.0 - half, abs=1e-3) and s.high == pytest.approx(72.0 + half, abs=1e-3)
+    assert s.contains(75.0) and not s.contains(80.0)
+
+
+def test_one_seed_has_no_spread():
+    from heartlora.bench.aggregate import summarize
+
+    s = summarize([61.5])
+    assert s.mean == 61.5 and s.n == 1 and s.std != s.std and s.low != s.low  # NaN: not measured
+    assert s.contains(61.5) is None

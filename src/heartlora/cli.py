@@ -246,7 +246,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
 
 BENCH_KEYS = ("tasks", "methods", "seeds", "grid", "tune", "retries", "shots_list", "fewshot_seeds", "presets",
               "no_presets", "parallel", "executor", "address", "gpus_per_cell", "cpus_per_cell")
-ANALYZE_KEYS = BENCH_KEYS + ("runs", "images", "heads", "ne_values", "no_correlate", "score_batches", "protocol")
+ANALYZE_KEYS = BENCH_KEYS + ("runs", "images", "heads", "ne_values", "no_correlate", "score_batches", "protocol",
+                             "random_seeds", "controls")
 
 
 def _csv_list(text: str) -> list[str]:
@@ -319,22 +320,33 @@ def _bench_parsers(sub, suppress: bool) -> None:
     _sweep_args(bench, suppress)
     bench.set_defaults(func=_cmd_bench)
 
-    report = sub.add_parser("report", formatter_class=_Formatter, help="tables and plots from run records",
-                            description="Markdown, CSV and LaTeX tables and PNG plots from the run records under RUNS.")
+    report = sub.add_parser("report", formatter_class=_Formatter, help="tables and figures from run records",
+                            description="CSV, Markdown and LaTeX tables and PDF/PNG figures from the run records under "
+                                        "RUNS. One row per variant: records that differ only in their seed; every "
+                                        "other difference (an option with several values within a task, a different "
+                                        "recipe) is its own row, named by what differs.")
     report.add_argument("runs", metavar="RUNS", help="folder holding run records (searched recursively)")
     report.add_argument("--protocol", choices=("paper", "clean"), default="paper",
                         help="paper: best test accuracy over evaluations; clean: final-epoch test accuracy")
     report.add_argument("--out", default=None, metavar="DIR", help="default: RUNS/report")
+    report.add_argument("--reference", default=None, metavar="NAME|YAML",
+                        help="also write a reproduction report against published numbers: 'paper' (the shipped "
+                             "Heart-LoRA / Bi-LoRA / NOAH / V-PETL rows, every number with its source) or a YAML "
+                             "file in the same format")
+    report.add_argument("--label", action="append", default=[], metavar="SELECTOR=NAME",
+                        help="rename a row, repeatable: SELECTOR is the row's name and/or KEY=VALUE options "
+                             "(e.g. --label 'heart-lora score=weight=Heart-LoRA (weight)')")
     report.set_defaults(func=_cmd_report)
 
-    analyze = sub.add_parser("analyze", formatter_class=_Formatter, help="the paper's analyses (PNG + CSV)",
-                             description="Responsiveness maps, arbitrary vs selected deactivation, ne sweeps, "
+    analyze = sub.add_parser("analyze", formatter_class=_Formatter, help="the paper's analyses (PDF/PNG + CSV)",
+                             description="Responsiveness maps, selected vs control deactivation, ne sweeps, "
                                          "attention maps.")
     asub = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     resp = asub.add_parser("responsiveness", formatter_class=_Formatter, help="layer x head heatmaps of runs",
-                           description="Heatmaps of head scores of finished heart-lora runs side by side "
-                                       "(switched-off heads crossed) and the rank correlation of the cheap scores "
-                                       "with exact ablation scores.")
+                           description="Heatmaps of head scores of finished heart-lora runs side by side, labelled "
+                                       "with each run's score kind (switched-off heads crossed), and the rank "
+                                       "correlation of the cheap scores with exact ablation scores. An adapter "
+                                       "folder without a run record (e.g. imported from PEFT) is scored on --data.")
     resp.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders, or adapter folders (scored on --data)")
     resp.add_argument("--out", required=True, metavar="DIR")
     resp.add_argument("--no-correlate", action="store_true", help="skip the score/ablation rank correlation")
@@ -347,7 +359,8 @@ def _bench_parsers(sub, suppress: bool) -> None:
     g.add_argument("--task", default=None, help="task under ROOT")
     g.add_argument("--split", default="final", choices=("final", "paper", "tune"), help="split whose training images score")
     resp.set_defaults(func=_cmd_analyze)
-    for name, text in (("deactivate", "first ne heads off vs the ne least responsive off, as ratios to ne=0"),
+    for name, text in (("deactivate", "the ne least responsive heads off vs controls (first, random, most "
+                                      "responsive), as ratios to ne=0"),
                        ("ne-sweep", "accuracy vs ne per task")):
         p = asub.add_parser(name, formatter_class=_Formatter, help=text,
                             description=f"{text}. Runs go through the engine (resumable) under OUT/runs; train "
@@ -355,15 +368,24 @@ def _bench_parsers(sub, suppress: bool) -> None:
         _train_parser(p, suppress)
         p.add_argument("--tasks", type=_csv_list, required=True, help="comma list of tasks under --data")
         p.add_argument("--ne-values", type=_int_list, default=[1, 3, 6], help="ne values")
+        p.add_argument("--seeds", type=_int_list, default=None, help="run seeds (default: --seed)")
         p.add_argument("--protocol", choices=("paper", "clean"), default="paper", help="which accuracy to compare")
         p.add_argument("--parallel", type=_positive_int, default=1, help="runs in parallel")
+        if name == "deactivate":
+            p.add_argument("--random-seeds", type=_int_list, default=[0, 1, 2],
+                           help="select_seed values of the random control (one random head set each)")
+            p.add_argument("--controls", type=_csv_list, default=None,
+                           help="controls beside the responsive choice (default: first,random,reverse; first only "
+                                "when head counts differ per layer, e.g. Swin)")
         p.set_defaults(func=_cmd_analyze)
     att = asub.add_parser("attention", formatter_class=_Formatter, help="attention maps of chosen heads",
-                          description="Class-token attention of chosen heads for given images, one column block "
-                                      "per run (e.g. a heart-lora run and a bilora run).")
+                          description="Attention of chosen heads over the given images, one column per run and head "
+                                      "(e.g. a heart-lora run and a bilora run), one shared colour scale. ViT: the "
+                                      "class token's attention to each patch; Swin: the attention each token "
+                                      "receives inside its window, put back on the image grid.")
     att.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="finished run folders")
     att.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files")
-    att.add_argument("--heads", type=_csv_list, required=True, metavar="L:H,...", help="layer:head pairs")
+    att.add_argument("--heads", type=_csv_list, required=True, metavar="L:H,...", help="layer:head pairs (from 0)")
     att.add_argument("--out", required=True, metavar="DIR")
     att.set_defaults(func=_cmd_analyze)
 
@@ -811,11 +833,22 @@ def _devices(base: RunConfig, parallel: int) -> list[str]:
 def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .bench.report import write_report
 
-    written = write_report(args.runs, args.out, args.protocol)
+    written = write_report(args.runs, args.out, args.protocol, reference=args.reference, labels=args.label)
     print(Path(written["markdown"]).read_text())
-    for name, path in written.items():
+    for path in written.values():
         print(f"wrote {path}")
     return 0
+
+
+def _parse_heads(items: Sequence[str]) -> list[tuple[int, int]]:
+    heads = []
+    for item in items:
+        try:
+            layer, head = item.split(":")
+            heads.append((int(layer), int(head)))
+        except ValueError:
+            raise ConfigError(f"option '--heads': expected LAYER:HEAD pairs of integers (e.g. 11:0,11:5), got {item!r}") from None
+    return heads
 
 
 def _cmd_analyze(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -826,23 +859,21 @@ def _cmd_analyze(args: argparse.Namespace, argv: Sequence[str]) -> int:
         written = analyze.responsiveness(args.runs, args.out, correlate=not args.no_correlate,
                                          batches=args.score_batches, data=data, score=args.score)
     elif args.analysis == "attention":
-        heads = []
-        for item in args.heads:
-            try:
-                layer, head = item.split(":")
-                heads.append((int(layer), int(head)))
-            except ValueError:
-                raise ConfigError(f"option '--heads': expected LAYER:HEAD pairs, got {item!r}") from None
-        written = analyze.attention(args.runs, args.images, heads, args.out)
+        written = analyze.attention(args.runs, args.images, _parse_heads(args.heads), args.out)
     else:
         base = _config_from_args(argv, ANALYZE_KEYS)
         if not base.out:
             raise ConfigError("option '--out': required")
         out, base = Path(base.out), base.replace(out=None)
         base.validate()
-        run = analyze.deactivate if args.analysis == "deactivate" else analyze.ne_sweep
-        written = run(base, args.tasks, out, ne_values=args.ne_values, protocol=args.protocol, workers=args.parallel)
-    for name, path in written.items():
+        if args.analysis == "deactivate":
+            written = analyze.deactivate(base, args.tasks, out, ne_values=args.ne_values, seeds=args.seeds,
+                                         random_seeds=args.random_seeds, controls=args.controls,
+                                         protocol=args.protocol, workers=args.parallel)
+        else:
+            written = analyze.ne_sweep(base, args.tasks, out, ne_values=args.ne_values, seeds=args.seeds,
+                                       protocol=args.protocol, workers=args.parallel)
+    for path in written.values():
         print(f"wrote {path}")
     return 0
 

@@ -145,7 +145,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 10, methods: Sequence[
         })
         heads = record.get("heads")
         if heads and heads.get("scores"):
-            panels[method] = (heads["scores"], heads["head_masks"])
+            panels[method] = (heads["scores"], heads["head_masks"], heads.get("score"))
     if panels:
         plot_responsiveness(panels, out / "responsiveness.png")
     plot_accuracy_bars(rows, out / "accuracy_vs_bytes.png",

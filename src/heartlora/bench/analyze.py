@@ -1,18 +1,23 @@
-"""The paper's analyses, each writing a PNG and a CSV.
+"""The paper's analyses; each writes its figure (PDF + PNG) and the numbers behind it (CSV).
 
-- ``responsiveness``: layer × head heatmaps of several runs side by side, switched-off heads
-  marked (Figure 1), and the rank correlation of the cheap scores with exact ``ablation``.
-- ``deactivate``: the first ``ne`` heads switched off (arbitrary) vs the ``ne`` least
-  responsive ones, as ratios to the ne=0 run per task (Figure 3).
-- ``ne_sweep``: accuracy vs ne per task (Figure 4).
-- ``attention``: attention maps of chosen heads, two adapters side by side (Figure 5).
+- ``responsiveness``: layer × head heatmaps of several runs side by side, labelled with the score
+  kind each run used, switched-off heads marked (Figure 1), and the rank correlation of the cheap
+  scores with exact ``ablation`` scores.
+- ``deactivate``: switching off the ``ne`` least responsive heads against the controls — the
+  first ``ne`` heads, seeded random sets, the most responsive heads — as ratios to the ``ne=0``
+  run of the same seed, per task, with 95% intervals over seeds (Figure 3).
+- ``ne_sweep``: accuracy vs ``ne`` per task, bands over seeds (Figure 4).
+- ``attention``: attention maps of chosen heads over the input images, runs side by side (Figure 5).
 
 Training analyses go through :mod:`heartlora.bench.sweep`, so they resume and skip finished runs.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
+import textwrap
+from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
@@ -20,30 +25,66 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..plots import plot_lines, plot_responsiveness
+from ..config import ConfigError
+from ..fsio import atomic_write
+from ..plots import plot_attention, plot_grouped_bars, plot_lines, plot_responsiveness
+from .aggregate import summarize
 from .sweep import RUN_NAME, make_cell, read_record, run_cells
 
 CHEAP_SCORES = ("taylor", "activation", "weight")
+CONTROLS = ("first", "random", "reverse")
+# controls that pick the same head indices in every layer, so they need one head count throughout
+_UNIFORM_ONLY = ("random", "reverse")
+
+
+class AnalysisError(ValueError):
+    """An analysis could not be completed (the message says which input or run)."""
+
+
+def _csv_bytes(rows: list[list]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue().encode()
+
+
+def _files(written: dict[str, Path], figure, csv_paths: dict[str, Path]) -> dict[str, Path]:
+    written["pdf"], written["png"] = figure
+    written.update(csv_paths)
+    return written
 
 
 # ----- loading a finished run -------------------------------------------------------------------------
-def load_run(run_dir: str | Path, device: str = "cpu"):
-    """(model with its adapter, run record, task data) of a finished ``heartlora train`` run."""
-    from ..data import load_task
+def read_run_record(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / RUN_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a finished run (no {RUN_NAME})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise AnalysisError(f"{path}: not a valid run record (line {err.lineno}: {err.msg})") from None
+
+
+def load_model(run_dir: str | Path, device: str = "cpu"):
+    """(model with its adapter, run record) of a finished ``heartlora train`` run, its backbone
+    rebuilt as trained (weights, pretrained, kwargs) from the adapter's backbone.json."""
     from ..engine.loop import ADAPTER_DIR
     from ..interop.folder import load_adapter_folder
 
-    run_dir = Path(run_dir)
-    record_path = run_dir / RUN_NAME
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path}: not a finished run (no {RUN_NAME})")
-    record = json.loads(record_path.read_text())
-    model, backbone = load_adapter_folder(run_dir / ADAPTER_DIR)  # its backbone as trained: weights, pretrained, …
+    record = read_run_record(run_dir)
+    model, _ = load_adapter_folder(Path(run_dir) / ADAPTER_DIR)
+    return model.to(device).eval(), record
+
+
+def load_run(run_dir: str | Path, device: str = "cpu"):
+    """(model with its adapter, run record, task data) of a finished run."""
+    from ..data import load_task
+
+    model, record = load_model(run_dir, device)
     data = record["config"]["data"]
     task = load_task(data["kind"], data["root"], data["task"], split=data["split"], shots=data.get("shots"),
-                     seed=data.get("fewshot_seed"), image_size=backbone["img_size"],
-                     normalize=backbone.get("normalize", "none"))
-    return model.to(device).eval(), record, task
+                     seed=data.get("fewshot_seed"), image_size=data["image_size"],
+                     normalize=data.get("normalize", "none"))
+    return model, record, task
 
 
 def _batches(dataset, count: int, batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -54,6 +95,10 @@ def _batches(dataset, count: int, batch_size: int = 32) -> list[tuple[torch.Tens
         if len(out) == count:
             break
     return out
+
+
+def _run_title(record: dict, run_dir: str | Path) -> str:
+    return f"{record['data']['task']} · {record['config']['method']['name']} ({Path(run_dir).name})"
 
 
 # ----- responsiveness -------------------------------------------------------------------------------
@@ -97,7 +142,7 @@ def _adapter_panel(adapter_dir: Path, data: dict, batches: int, batch_size: int,
     (e.g. imported from PEFT): its heads are scored on ``data``'s training split."""
     from ..data import load_task
     from ..interop.folder import load_adapter_folder
-    from ..methods import get_state
+    from ..methods.factory import get_state
 
     if not data.get("root"):
         raise ValueError(f"{adapter_dir}: an adapter folder without run.json is scored on data; give --data (and --task)")
@@ -108,8 +153,8 @@ def _adapter_panel(adapter_dir: Path, data: dict, batches: int, batch_size: int,
     results = score_run(model, _batches(task.train, batches, batch_size), kinds)
     state = get_state(model)
     masks = state.head_masks or [[True] * len(layer) for layer in results[score]]
-    label = f"{task.name}\n{state.method} · {adapter_dir.name} ({score})"
-    return label, [t.tolist() for t in results[score]], masks, results
+    title = f"{task.name} · {state.method} ({adapter_dir.name}, scored now)"
+    return title, [t.tolist() for t in results[score]], masks, results
 
 
 def responsiveness(run_dirs: Sequence[str | Path], out_dir: str | Path, correlate: bool = True,
@@ -126,39 +171,47 @@ def responsiveness(run_dirs: Sequence[str | Path], out_dir: str | Path, correlat
     for run_dir in run_dirs:
         results = None
         if not (Path(run_dir) / RUN_NAME).is_file() and _is_adapter_folder(Path(run_dir)):
-            label, scores, masks, results = _adapter_panel(Path(run_dir), data or {}, batches, batch_size, score,
+            title, scores, masks, results = _adapter_panel(Path(run_dir), data or {}, batches, batch_size, score,
                                                            correlate)
-            heads = {"scores": scores, "head_masks": masks}
+            heads, kind = {"scores": scores, "head_masks": masks}, score
         else:
-            record = json.loads((Path(run_dir) / RUN_NAME).read_text())
+            record = read_run_record(run_dir)
             heads = record.get("heads")
             if not heads or not heads.get("scores"):
-                raise ValueError(f"{Path(run_dir) / RUN_NAME}: no head scores (a heart-lora run is needed)")
-            label = f"{record['data']['task']}\n{record['config']['method']['name']} · {Path(run_dir).name}"
-        if label in panels:
-            raise ValueError(f"{run_dir}: given twice")
-        panels[label] = (heads["scores"], heads["head_masks"])
+                raise AnalysisError(f"{Path(run_dir) / RUN_NAME}: no head scores (a run of a head-selecting method, "
+                                    "heart-lora or heart-lora-layer, is needed)")
+            title = _run_title(record, run_dir)
+            kind = heads.get("score") or "score"
+        if title in panels:
+            title = f"{title} [{Path(run_dir).parent.name}]"
+        if title in panels:
+            raise AnalysisError(f"{run_dir}: given twice")
+        panels["\n".join(textwrap.wrap(title, 34))] = (heads["scores"], heads["head_masks"], kind)
         for layer, (scores, mask) in enumerate(zip(heads["scores"], heads["head_masks"])):
             for head, (value, active) in enumerate(zip(scores, mask)):
-                score_rows.append([label.replace("\n", " "), layer, head, value, int(active)])
+                score_rows.append([title, str(run_dir), kind, layer, head, value, int(active)])
         if correlate:
             if results is None:
                 model, _, task = load_run(run_dir)
                 results = score_run(model, _batches(task.train, batches, batch_size))
             masks = heads["head_masks"]
-            active = lambda per_layer: [float(v) for s, m in zip(per_layer, masks) for v, a in zip(s.tolist(), m) if a]
+
+            def active(per_layer):
+                return [float(v) for s, m in zip(per_layer, masks) for v, a in zip(s.tolist(), m) if a]
+
             exact = active(results["ablation"])
-            for kind in CHEAP_SCORES:
-                corr_rows.append([label.replace("\n", " "), kind, spearman(active(results[kind]), exact), len(exact)])
-    png = plot_responsiveness(panels, out / "responsiveness.png")
-    with open(out / "responsiveness.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["run", "layer", "head", "score", "active"], *score_rows])
-    written = {"png": png, "csv": out / "responsiveness.csv"}
+            for cheap in CHEAP_SCORES:
+                corr_rows.append([title, cheap, spearman(active(results[cheap]), exact), len(exact)])
+    figure = plot_responsiveness(panels, out / "responsiveness")
+    written: dict[str, Path] = {}
+    atomic_write(out / "responsiveness.csv",
+                 _csv_bytes([["run", "run_dir", "score_kind", "layer", "head", "score", "active"], *score_rows]))
+    csvs = {"csv": out / "responsiveness.csv"}
     if correlate:
-        with open(out / "score_correlation.csv", "w", newline="") as f:
-            csv.writer(f).writerows([["run", "score", "spearman_vs_ablation", "heads"], *corr_rows])
-        written["correlation_csv"] = out / "score_correlation.csv"
-    return written
+        atomic_write(out / "score_correlation.csv",
+                     _csv_bytes([["run", "score", "spearman_vs_ablation", "heads"], *corr_rows]))
+        csvs["correlation_csv"] = out / "score_correlation.csv"
+    return _files(written, figure, csvs)
 
 
 def _is_adapter_folder(path: Path) -> bool:
@@ -170,134 +223,205 @@ def _is_adapter_folder(path: Path) -> bool:
 # ----- training analyses --------------------------------------------------------------------------
 def _accuracy(record: dict, protocol: str) -> float:
     entry = record["protocols"]["paper" if protocol == "paper" else "final"]
-    return float(entry["accuracy"])
+    return float(entry["accuracy"] if isinstance(entry, dict) else entry)
+
+
+def head_counts(base) -> list[int]:
+    """Heads per attention layer of the recipe's backbone (built once, without training)."""
+    from ..engine.build import build_backbone
+    from ..heads import find_attention_sites
+
+    image_size = base.data.image_size
+    model = build_backbone(base.model, image_size, base.seed)
+    return [s.num_heads for s in find_attention_sites(model)]
+
+
+def _check_ne_values(ne_values: Sequence[int], heads: list[int], option: str = "--ne-values") -> None:
+    bad = [ne for ne in ne_values if not 0 <= ne < min(heads)]
+    if bad:
+        raise ConfigError(f"option '{option}': {', '.join(map(str, bad))} out of range — ne must be 0 … "
+                          f"{min(heads) - 1} (heads per layer: {', '.join(map(str, sorted(set(heads))))})")
+
+
+def _run(cells, base, out: Path, workers: int, log, what: str) -> None:
+    result = run_cells(cells, base, out / "runs", workers=workers, log=log)
+    if not result.ok:
+        first = result.failed[0][1].splitlines()[0]
+        raise AnalysisError(f"analyze {what}: {len(result.failed)} of {len(cells)} runs failed (first: {first}); "
+                            f"details in {out / 'runs' / 'failures.jsonl'}")
 
 
 def deactivate(base, tasks: Sequence[str], out_dir: str | Path, ne_values: Sequence[int] = (1, 3, 6),
-               seed: int | None = None, protocol: str = "paper", workers: int = 1, log=print) -> dict[str, Path]:
-    """Figure 3: ratio to the ne=0 run of (a) the first ne heads off and (b) the ne least
-    responsive heads off, per task."""
+               seeds: Sequence[int] | None = None, random_seeds: Sequence[int] = (0, 1, 2),
+               controls: Sequence[str] | None = None, protocol: str = "paper", workers: int = 1,
+               log=print) -> dict[str, Path]:
+    """Figure 3: accuracy with ``ne`` heads switched off per layer, as a ratio to the ``ne=0`` run
+    of the same task and seed: the least responsive heads (Heart-LoRA's choice) beside the
+    controls ``first`` (heads 0..ne-1), ``random`` (one seeded set per ``random_seeds`` entry, the
+    same in every layer) and ``reverse`` (the most responsive heads)."""
     out = Path(out_dir)
-    seed = base.seed if seed is None else seed
+    seeds = list(seeds or [base.seed])
+    heads = head_counts(base)
+    _check_ne_values(ne_values, heads)
+    if any(ne == 0 for ne in ne_values):
+        raise ConfigError("option '--ne-values': ne=0 is the baseline every ratio divides by; give ne >= 1")
+    uniform = len(set(heads)) == 1
+    wanted = list(controls) if controls is not None else [c for c in CONTROLS if uniform or c not in _UNIFORM_ONLY]
+    unknown = [c for c in wanted if c not in CONTROLS]
+    if unknown:
+        raise ConfigError(f"option '--controls': unknown {', '.join(unknown)}; expected some of {', '.join(CONTROLS)}")
+    if not uniform:
+        impossible = [c for c in wanted if c in _UNIFORM_ONLY]
+        if impossible:
+            raise ConfigError(f"option '--controls': {', '.join(impossible)} switch(es) off the same heads in every "
+                              f"layer and need one head count; this backbone has {', '.join(map(str, heads))} — use "
+                              "--controls first")
+        log(f"heads per layer differ ({sorted(set(heads))}): the responsive choice is per layer (select=layer); "
+            "controls random and reverse need one head count and are not run")
+    responsive = "global" if uniform else "layer"
+    options = {k: v for k, v in base.method.options.items() if k not in ("ne", "select", "select_seed", "fraction")}
     kind = base.data.kind
-    options = dict(base.method.options)
-    cells = {"baseline": {t: make_cell(kind, t, "heart-lora", {**options, "ne": 0}, seed) for t in tasks}}
-    for ne in ne_values:
-        cells[f"first ne={ne}"] = {t: make_cell(kind, t, "heart-lora", {**options, "ne": ne, "select": "first"}, seed)
-                                   for t in tasks}
-        cells[f"responsive ne={ne}"] = {t: make_cell(kind, t, "heart-lora", {**options, "ne": ne, "select": "global"},
-                                                     seed) for t in tasks}
-    every = [c for group in cells.values() for c in group.values()]
-    result = run_cells(every, base, out / "runs", workers=workers, log=log)
-    if not result.ok:
-        raise RuntimeError("deactivate: some runs failed\n" + result.summary())
-    rows, series = [], {}
+
+    def cell(task, seed, **extra):
+        return make_cell(kind, task, "heart-lora", {**options, **extra}, seed)
+
+    settings: dict[tuple, list] = defaultdict(list)  # (task, ne, setting) -> [(seed, select_seed, cell)]
+    baseline = {(t, s): cell(t, s, ne=0, select=responsive) for t in tasks for s in seeds}
     for task in tasks:
-        baseline = _accuracy(read_record(cells["baseline"][task], out / "runs"), protocol)
-        for name, group in cells.items():
-            accuracy = _accuracy(read_record(group[task], out / "runs"), protocol)
-            rows.append([task, name, accuracy, accuracy / baseline if baseline else float("nan")])
-    for kind_name in ("first", "responsive"):
-        for task in tasks:
-            ratios = [r[3] for r in rows if r[0] == task and r[1].startswith(kind_name)]
-            series[f"{task}: {kind_name}"] = (list(ne_values), ratios)
-    csv_path = out / "deactivate.csv"
-    with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows([["task", "setting", "accuracy", "ratio_to_ne0"], *rows])
-    png = plot_lines(series, out / "deactivate.png", "heads switched off per layer (ne)",
-                     "accuracy / accuracy at ne=0", title="Arbitrary (first ne) vs responsiveness-selected")
-    return {"png": png, "csv": csv_path}
+        for ne in ne_values:
+            for seed in seeds:
+                settings[(task, ne, "responsive")].append((seed, None, cell(task, seed, ne=ne, select=responsive)))
+                if "first" in wanted:
+                    settings[(task, ne, "first")].append((seed, None, cell(task, seed, ne=ne, select="first")))
+                if "reverse" in wanted:
+                    settings[(task, ne, "reverse")].append((seed, None, cell(task, seed, ne=ne, select="reverse")))
+                if "random" in wanted:
+                    for k in random_seeds:
+                        settings[(task, ne, "random")].append(
+                            (seed, k, cell(task, seed, ne=ne, select="random", select_seed=k)))
+    every = list(baseline.values()) + [c for entries in settings.values() for _, _, c in entries]
+    _run(list(dict.fromkeys(every)), base, out, workers, log, "deactivate")
+    runs = out / "runs"
+    rows, summary_rows, no_ratio = [], [], set()
+    panels: dict[str, dict[str, dict[str, tuple]]] = {}
+    names = {"responsive": f"least responsive (select={responsive})", "first": "first ne heads",
+             "random": f"random sets (select_seed {','.join(map(str, random_seeds))})",
+             "reverse": "most responsive (reverse)"}
+    for (task, ne, setting), entries in settings.items():
+        ratios = []
+        for seed, select_seed, c in entries:
+            base_accuracy = _accuracy(read_record(baseline[(task, seed)], runs), protocol)
+            accuracy = _accuracy(read_record(c, runs), protocol)
+            ratio = accuracy / base_accuracy if base_accuracy else float("nan")
+            ratios.append(ratio)
+            rows.append([task, ne, setting, seed, "" if select_seed is None else select_seed, accuracy, base_accuracy,
+                         ratio])
+        s = summarize([r for r in ratios if r == r]) if any(r == r for r in ratios) else None
+        if s is None:
+            no_ratio.add(task)
+            continue
+        summary_rows.append([task, ne, setting, s.mean, s.std, s.n, s.low, s.high])
+        panel = f"ne = {ne} of {min(heads)} heads off per layer" if uniform else f"ne = {ne} heads off per layer"
+        panels.setdefault(panel, {}).setdefault(task, {})[names[setting]] = (s.mean, s.low, s.high, s.n)
+    atomic_write(out / "deactivate.csv", _csv_bytes([["task", "ne", "setting", "seed", "select_seed", "accuracy",
+                                                      "accuracy_ne0", "ratio_to_ne0"], *rows]))
+    atomic_write(out / "deactivate_summary.csv", _csv_bytes([["task", "ne", "setting", "mean_ratio", "std", "n",
+                                                              "ci95_low", "ci95_high"], *summary_rows]))
+    if not panels:
+        raise AnalysisError(f"analyze deactivate: every ne=0 baseline has accuracy 0, so no ratio exists "
+                            f"(see {out / 'deactivate.csv'})")
+    if len(seeds) > 1:
+        note = f"error bars: 95% t-interval over {len(seeds)} run seeds" + (" (random: × selection seeds)"
+                                                                          if "random" in wanted else "")
+    else:
+        note = "one run seed: no error bars" + (" (random: 95% t-interval over selection seeds)"
+                                                if "random" in wanted and len(random_seeds) > 1 else "")
+    if no_ratio:
+        missing = ", ".join(sorted(no_ratio))
+        log(f"no ratio for {missing}: accuracy 0 at ne=0 (numbers in {out / 'deactivate.csv'})")
+        note += f"\nnot drawn (accuracy 0 at ne=0, no ratio): {missing}"
+    figure = plot_grouped_bars(
+        panels, out / "deactivate", f"accuracy / accuracy at ne=0 ({protocol} protocol)",
+        title="Which heads are switched off: least responsive vs controls", reference=1.0, note=note)
+    return _files({}, figure, {"csv": out / "deactivate.csv", "summary_csv": out / "deactivate_summary.csv"})
 
 
 def ne_sweep(base, tasks: Sequence[str], out_dir: str | Path, ne_values: Sequence[int], method: str = "heart-lora",
-             seed: int | None = None, protocol: str = "paper", workers: int = 1, log=print) -> dict[str, Path]:
-    """Figure 4: accuracy vs ne per task."""
+             seeds: Sequence[int] | None = None, protocol: str = "paper", workers: int = 1, log=print) -> dict[str, Path]:
+    """Figure 4: accuracy vs ne per task; bands: ± std over run seeds."""
     out = Path(out_dir)
-    seed = base.seed if seed is None else seed
-    options = dict(base.method.options)
-    cells = {(t, ne): make_cell(base.data.kind, t, method, {**options, "ne": ne}, seed) for t in tasks for ne in ne_values}
-    result = run_cells(list(cells.values()), base, out / "runs", workers=workers, log=log)
-    if not result.ok:
-        raise RuntimeError("ne-sweep: some runs failed\n" + result.summary())
-    rows = [[t, ne, _accuracy(read_record(c, out / "runs"), protocol)] for (t, ne), c in cells.items()]
-    series = {t: (list(ne_values), [r[2] for r in rows if r[0] == t]) for t in tasks}
-    csv_path = out / "ne_sweep.csv"
-    with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows([["task", "ne", "accuracy"], *rows])
-    png = plot_lines(series, out / "ne_sweep.png", "heads switched off per layer (ne)", "test accuracy (%)",
-                     title=f"{method}: accuracy vs ne ({protocol} protocol)")
-    return {"png": png, "csv": csv_path}
+    seeds = list(seeds or [base.seed])
+    heads = head_counts(base)
+    _check_ne_values(ne_values, heads)
+    options = {k: v for k, v in base.method.options.items() if k not in ("ne", "fraction")}
+    if len(set(heads)) > 1 and options.get("select") in (None, "global"):
+        options["select"] = "layer"
+        log(f"heads per layer differ ({sorted(set(heads))}): ne is applied per layer (select=layer)")
+    cells = {(t, ne, s): make_cell(base.data.kind, t, method, {**options, "ne": ne}, s)
+             for t in tasks for ne in ne_values for s in seeds}
+    _run(list(cells.values()), base, out, workers, log, "ne-sweep")
+    rows = [[t, ne, s, _accuracy(read_record(c, out / "runs"), protocol)] for (t, ne, s), c in cells.items()]
+    series = {}
+    for task in tasks:
+        stats = [summarize([r[3] for r in rows if r[0] == task and r[1] == ne]) for ne in ne_values]
+        spread = [0.0 if s.std != s.std else s.std for s in stats]
+        series[task] = (list(ne_values), [s.mean for s in stats], [s.mean - e for s, e in zip(stats, spread)],
+                        [s.mean + e for s, e in zip(stats, spread)])
+    atomic_write(out / "ne_sweep.csv", _csv_bytes([["task", "ne", "seed", "accuracy"], *rows]))
+    band = f"band: ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed: no band"
+    figure = plot_lines(series, out / "ne_sweep", "heads switched off per layer (ne)", "test accuracy (%)",
+                        title=f"{method}: accuracy vs ne ({protocol} protocol)", band=band, clip=(0.0, 100.0))
+    return _files({}, figure, {"csv": out / "ne_sweep.csv"})
 
 
 # ----- attention maps -----------------------------------------------------------------------------
-@torch.no_grad()
-def attention_maps(model, images: torch.Tensor, layer: int) -> torch.Tensor:
-    """(batch, heads, tokens, tokens) attention probabilities of attention block ``layer``.
-    timm's fused kernel never materialises them, so the explicit path is switched on only while
-    drawing, and the probabilities are read where they enter ``attn_drop``."""
-    from ..heads import find_attention_sites
-
-    site = find_attention_sites(model)[layer]
-    attn = model.get_submodule(site.name)
-    captured = []
-    handle = attn.attn_drop.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
-    fused = attn.fused_attn
-    attn.fused_attn = False
-    try:
-        model(images)
-    finally:
-        attn.fused_attn = fused
-        handle.remove()
-    if not captured:
-        raise RuntimeError(f"{site.name}: no attention probabilities captured")
-    return captured[0]
-
-
 def attention(run_dirs: Sequence[str | Path], image_paths: Sequence[str | Path], heads: Sequence[tuple[int, int]],
               out_dir: str | Path) -> dict[str, Path]:
-    """Figure 5: class-token attention of the chosen (layer, head)s for each image, one column
-    block per run (e.g. Heart-LoRA vs Bi-LoRA)."""
-    import matplotlib.pyplot as plt
-    from PIL import Image
+    """Figure 5: attention of the chosen (layer, head)s over each image, one column per run and
+    head (e.g. Heart-LoRA beside Bi-LoRA); heads whose update the run switched off are marked."""
+    from PIL import Image, UnidentifiedImageError
 
     from ..data import build_transform
+    from .attention import attention_grid, check_heads
 
     out = Path(out_dir)
+    runs = []
+    for run_dir in run_dirs:
+        model, record = load_model(run_dir)
+        check_heads(model, list(heads), str(run_dir))
+        runs.append((model, record, run_dir))
+    raw = []
+    for path in image_paths:
+        try:
+            with Image.open(path) as image:
+                raw.append(image.convert("RGB"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: image not found (option '--images')") from None
+        except (UnidentifiedImageError, OSError) as err:
+            raise AnalysisError(f"{path}: not a readable image (option '--images'; {err})") from None
     out.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(d) for d in run_dirs]
-    size = runs[0][0].patch_embed.img_size[0]
-    transform = build_transform(size, runs[0][1]["config"]["data"].get("normalize", "none"))
-    raw = [Image.open(p).convert("RGB") for p in image_paths]
-    batch = torch.stack([transform(img) for img in raw])
-    fig, axes = plt.subplots(len(raw), 1 + len(runs) * len(heads),
-                             figsize=(1.9 * (1 + len(runs) * len(heads)), 2.0 * len(raw)), squeeze=False)
-    rows = []
-    for r, ((model, record, _), run_dir) in enumerate(zip(runs, run_dirs)):
-        prefix = getattr(model, "num_prefix_tokens", 1)
-        label = f"{record['config']['method']['name']} ({Path(run_dir).name})"
-        for h, (layer, head) in enumerate(heads):
-            probs = attention_maps(model, batch, layer)[:, head, 0, prefix:]  # class token → patches
-            side = int(round(probs.shape[-1] ** 0.5))
-            for i in range(len(raw)):
-                grid = probs[i].reshape(side, side).numpy()
-                ax = axes[i][1 + r * len(heads) + h]
-                ax.imshow(grid, cmap="inferno")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0:
-                    ax.set_title(f"{label}\nlayer {layer} head {head}", fontsize=8)
-                rows.append([label, Path(image_paths[i]).name, layer, head, *grid.flatten().round(6).tolist()])
-    for i, img in enumerate(raw):
-        axes[i][0].imshow(img)
-        axes[i][0].set_xticks([])
-        axes[i][0].set_yticks([])
-        axes[i][0].set_ylabel(Path(image_paths[i]).name, fontsize=8)
-    axes[0][0].set_title("image", fontsize=8)
-    png = out / "attention.png"
-    fig.savefig(png, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    csv_path = out / "attention.csv"
-    with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows([["run", "image", "layer", "head", "class-token attention to patches (row-major)"],
-                                 *rows])
-    return {"png": png, "csv": csv_path}
+    columns, rows, display, meanings = [], [], None, set()
+    for model, record, run_dir in runs:
+        size = int(record["config"]["data"]["image_size"])
+        normalize = record["config"]["data"].get("normalize", "none")
+        batch = torch.stack([build_transform(size, normalize)(img) for img in raw])
+        if display is None:
+            display = [build_transform(size, "none")(img).permute(1, 2, 0).numpy() for img in raw]
+        masks = (record.get("heads") or {}).get("head_masks")
+        name = f"{record['config']['method']['name']} ({Path(run_dir).name})"
+        for layer, head in heads:
+            maps, meaning = attention_grid(model, batch, layer)
+            meanings.add(meaning)
+            off = bool(masks) and not masks[layer][head]
+            columns.append({"title": f"{name}\nlayer {layer} · head {head}", "maps": [m for m in maps[:, head]],
+                            "off": off})
+            for i, path in enumerate(image_paths):
+                grid = maps[i, head]
+                rows.append([name, str(run_dir), Path(path).name, layer, head, int(off), grid.shape[0], grid.shape[1],
+                             " ".join(f"{v:.6g}" for v in grid.flatten())])
+    label = "; ".join(sorted(meanings)) + " (one shared scale)"
+    figure = plot_attention(display, [Path(p).name for p in image_paths], columns, out / "attention",
+                            "\n".join(textwrap.wrap(label, 48)))
+    atomic_write(out / "attention.csv", _csv_bytes([["run", "run_dir", "image", "layer", "head", "switched_off",
+                                                     "rows", "cols", "attention (row-major)"], *rows]))
+    return _files({}, figure, {"csv": out / "attention.csv"})

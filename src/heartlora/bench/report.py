@@ -1,221 +1,177 @@
-"""Tables and plots from run records only: Markdown, CSV, LaTeX and PNG.
+"""``heartlora report``: tables and figures from run records only.
 
-VTAB-1K: per-task accuracy (mean ± std over seeds), group means, "Average" (mean of the three
-group means, as the literature reports) and the 19-task mean (labelled apart), trainable
-parameters (M, classifier excluded) and adapter bytes per method. Few-shot: accuracy per dataset
-× shots (mean over list seeds and run seeds), and the accuracy-vs-shots figure.
+Rows are variants (:mod:`heartlora.bench.variants`): records that differ only in their seed. Every
+cell is a mean over seeds with its std, n and 95% interval (:mod:`heartlora.bench.tables`). Files
+carry the protocol in their names and state it inside:
 
-Protocols: ``paper`` = best test accuracy over the evaluations of a ``split=final`` run;
-``clean`` = its final-epoch test accuracy (hyper-parameters fixed beforehand: presets, or chosen
-on train800→val200 by ``bench --tune``). ``split=tune`` runs never enter a table.
+- ``report_<protocol>.md``: everything below, readable;
+- ``vtab_<protocol>.csv`` / ``.tex`` / ``_seeds.csv``: VTAB-1K per task, group means, "Average (of
+  groups)" (the literature's mean of the three group means) and "Mean (tasks)"; the ``_seeds`` file
+  has one line per record;
+- ``fewshot_<protocol>.*``: accuracy per dataset × shots and the average over datasets, plus the
+  accuracy-vs-shots figure; ``folder_<protocol>.*`` for ImageFolder tasks;
+- ``accuracy_vs_bytes_<protocol>.pdf/.png``: accuracy against stored adapter bytes, Pareto front;
+- with ``reference``: ``reproduction_<protocol>.md`` / ``.csv``, our numbers beside published ones.
+
+Protocols: ``paper`` = best test accuracy over the evaluations of a ``split=final`` run; ``clean`` =
+its final-epoch test accuracy (options fixed beforehand, or chosen on train800→val200 by ``bench
+--tune``; rows that were not tuned say so). ``split=tune`` runs never enter a table.
 """
 from __future__ import annotations
 
-import csv
-import json
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from ..plots import plot_accuracy_vs_bytes, plot_lines
-from .aggregate import group_means, mean_std
-from .sweep import CELL_NAME, RUN_NAME
+from ..data import VTAB_TASKS
+from ..fsio import atomic_write
+from ..plots import plot_accuracy_vs_bytes, plot_fewshot
+from .aggregate import summarize
+from .reference import compare, comparison_csv, comparison_markdown, load_reference
+from .tables import (PROTOCOL_TEXT, Table, caption, fewshot_tables, latex, markdown, seeds_csv, summary_csv,
+                     vtab_table)
+from .variants import RUN_NAME, ReportError, Variant, apply_labels, collect, fmt_value, group_variants
 
-PROTOCOLS = ("paper", "clean")
-
-
-@dataclass
-class RunRow:
-    kind: str
-    task: str
-    method: str
-    seed: int
-    split: str
-    shots: int | None
-    list_seed: int | None
-    paper: float | None
-    clean: float | None
-    parameters: int | None
-    adapter_bytes: int | None
-    path: str
-
-    def value(self, protocol: str) -> float | None:
-        return self.paper if protocol == "paper" else self.clean
+__all__ = ["ReportError", "write_report"]
 
 
-def _accuracy(entry) -> float | None:
-    if entry is None:
-        return None
-    return float(entry["accuracy"]) if isinstance(entry, dict) else float(entry)
+def _write(path: Path, text: str | bytes, written: dict[str, Path], name: str) -> None:
+    atomic_write(path, text if isinstance(text, bytes) else text.encode())
+    written[name] = path
 
 
-def collect(runs_dir: str | Path) -> list[RunRow]:
-    """Every finished run record below ``runs_dir`` (a file that is not a complete record is
-    an error naming the file, not silently skipped)."""
-    rows = []
-    for path in sorted(Path(runs_dir).rglob(RUN_NAME)):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not a valid run record (line {err.lineno}: {err.msg})") from None
-        if record.get("status") != "complete":
-            raise ValueError(f"{path}: run record status is {record.get('status')!r}, expected 'complete'")
-        cell_path = path.with_name(CELL_NAME)
-        cell = json.loads(cell_path.read_text()) if cell_path.is_file() else {}
-        config, data = record["config"], record["data"]
-        protocols = record["protocols"]
-        rows.append(RunRow(
-            kind=data["kind"], task=data["task"],
-            method=cell.get("label") or config["method"]["name"],
-            seed=int(record["seed"]), split=data["split"],
-            shots=config["data"].get("shots"), list_seed=config["data"].get("fewshot_seed"),
-            paper=_accuracy(protocols.get("paper")), clean=_accuracy(protocols.get("clean")),
-            parameters=(record.get("trainable_parameters") or {}).get("without_classifier"),
-            adapter_bytes=(record.get("adapter_bytes") or {}).get("without_classifier"),
-            path=str(path),
-        ))
-    return rows
+def _options_notes(variants: Sequence[Variant]) -> list[str]:
+    lines = []
+    for v in variants:
+        for key, per_task in v.per_task_options.items():
+            values = ", ".join(f"{task} {fmt_value(value)}" for task, value in sorted(per_task.items()))
+            lines.append(f"- {v.label}: `{key}` differs per task ({values})")
+    return lines
 
 
-def _fmt(mean: float | None, std: float | None = None, digits: int = 1) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f}" if not std else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _bytes_points(table: Table) -> tuple[list[dict], str]:
+    """One point per row: the Average of groups when every row has it, else the mean over the tasks
+    every row ran (so all points average the same tasks)."""
+    average = "Average (of groups)"
+    if all(average in r.cells for r in table.rows):
+        return ([{"method": r.label, "accuracy": r.cells[average].mean, "std": r.cells[average].std,
+                  "adapter_bytes": r.adapter_bytes or 0.0} for r in table.rows], "Average of the three group means (%)")
+    tasks = [c for c in table.columns if c in table.how and table.how[c].startswith("mean over seeds")]
+    common = [t for t in tasks if all(t in r.cells for r in table.rows)]
+    if not common:
+        return [], ""
+    points = []
+    for r in table.rows:
+        per_seed: dict[int, list[float]] = defaultdict(list)
+        for rec in r.variant.records:
+            if rec.task in common:
+                per_seed[rec.seed].append(rec.value(table.protocol))
+        complete = [statistics.fmean(v) for v in per_seed.values() if len(v) == len(common)]
+        spread = summarize(complete).std if complete else float("nan")
+        points.append({"method": r.label, "accuracy": statistics.fmean(r.cells[t].mean for t in common), "std": spread,
+                       "adapter_bytes": r.adapter_bytes or 0.0})
+    if len(common) == 1:
+        return points, f"{common[0]} test accuracy (%)"
+    return points, f"mean over the {len(common)} tasks every row ran (%)"
 
 
-# ----- VTAB-1K ---------------------------------------------------------------------------------------
-def vtab_summary(rows: list[RunRow], protocol: str = "paper") -> dict:
-    """``{method: {tasks: {task: (mean, std, n)}, groups: group_means(...), parameters, adapter_bytes}}``."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"option '--protocol'={protocol!r}: expected one of {PROTOCOLS}")
-    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    sizes: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for row in rows:
-        if row.kind != "vtab" or row.split != "final" or row.value(protocol) is None:
-            continue
-        values[row.method][row.task].append(row.value(protocol))
-        if row.parameters is not None:
-            sizes[row.method].append((row.parameters, row.adapter_bytes))
-    summary = {}
-    for method, tasks in values.items():
-        per_task = {task: (*mean_std(v), len(v)) for task, v in tasks.items()}
-        params = [p for p, _ in sizes[method]]
-        nbytes = [b for _, b in sizes[method]]
-        summary[method] = {
-            "tasks": per_task,
-            "groups": group_means({t: m for t, (m, _, _) in per_task.items()}),
-            "parameters_m": statistics.fmean(params) / 1e6 if params else None,
-            "adapter_bytes": statistics.fmean(nbytes) if nbytes else None,
-        }
-    return summary
+def _table_files(table: Table, variants, protocol: str, stem: str, out: Path, records: int,
+                 written: dict[str, Path]) -> None:
+    _write(out / f"{stem}_{protocol}.csv", summary_csv([table]), written, f"{stem}_csv")
+    _write(out / f"{stem}_{protocol}_seeds.csv", seeds_csv(variants, protocol, table.benchmark), written,
+           f"{stem}_seeds_csv")
+    _write(out / f"{stem}_{protocol}.tex", latex(table, caption(table, records), f"tab:{stem}-{protocol}"), written,
+           f"{stem}_tex")
+    points, ylabel = _bytes_points(table)
+    if len(points) >= 1:
+        files = plot_accuracy_vs_bytes(points, out / f"accuracy_vs_bytes_{protocol}" if stem == "vtab"
+                                       else out / f"accuracy_vs_bytes_{stem}_{protocol}",
+                                       title=f"{table.section} ({protocol} protocol)", ylabel=ylabel)
+        written[f"{stem}_accuracy_vs_bytes_pdf"], written[f"{stem}_accuracy_vs_bytes_png"] = files
 
 
-def _vtab_columns(summary: dict) -> list[str]:
-    from ..data import VTAB_GROUPS
-
-    present = {t for s in summary.values() for t in s["tasks"]}
-    ordered = [t for group in VTAB_GROUPS.values() for t in group if t in present]
-    return ordered + sorted(present - set(ordered))  # tasks of one's own last
-
-
-def vtab_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    tasks = _vtab_columns(summary)
-    header = ["method", "params (M)", "adapter bytes", *tasks, "Natural", "Specialized", "Structured",
-              "Average (of groups)", "Mean (tasks)"]
-    body = []
-    for method, s in summary.items():
-        g = s["groups"]
-        cells = [_fmt(*s["tasks"][t][:2]) if t in s["tasks"] else "–" for t in tasks]
-        body.append([
-            method, _fmt(s["parameters_m"], digits=3), f"{s['adapter_bytes']:.0f}" if s["adapter_bytes"] else "–",
-            *cells, _fmt(g["natural"]), _fmt(g["specialized"]), _fmt(g["structured"]), _fmt(g["average"]),
-            _fmt(g["mean_tasks"]),
-        ])
-    return header, body
-
-
-# ----- few-shot --------------------------------------------------------------------------------------
-def fewshot_summary(rows: list[RunRow], protocol: str = "paper") -> dict:
-    """``{dataset: {method: {shots: (mean, std, n)}}}`` over list seeds × run seeds."""
-    values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for row in rows:
-        if row.kind != "fewshot" or row.split != "final" or row.value(protocol) is None:
-            continue
-        values[row.task][row.method][row.shots].append(row.value(protocol))
-    return {
-        dataset: {method: {k: (*mean_std(v), len(v)) for k, v in sorted(shots.items())} for method, shots in methods.items()}
-        for dataset, methods in values.items()
-    }
-
-
-# ----- writers ---------------------------------------------------------------------------------------
-def _markdown(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines)
-
-
-def _latex(header: list[str], body: list[list[str]]) -> str:
-    def esc(text: str) -> str:
-        return text.replace("_", r"\_").replace("±", r"$\pm$").replace("–", "--").replace("%", r"\%")
-
-    spec = "l" + "r" * (len(header) - 1)
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def _csv(path: Path, header: list[str], body: list[list[str]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(body)
-
-
-def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, protocol: str = "paper") -> dict[str, Path]:
-    """Write every table and plot the records allow; returns ``{name: path}``."""
-    rows = collect(runs_dir)
-    if not rows:
-        raise ValueError(f"{runs_dir}: no run records ({RUN_NAME}) found")
+def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, protocol: str = "paper",
+                 reference: str | None = None, labels: Sequence[str] = ()) -> dict[str, Path]:
+    """Write every table and figure the records allow; returns ``{name: path}`` of the files written."""
+    records = collect(runs_dir)
+    if not records:
+        raise ReportError(f"{runs_dir}: no run records ({RUN_NAME}) found")
+    variants = group_variants(records, protocol)
+    apply_labels(variants, labels)
+    if not variants:
+        hint = " (clean numbers come from split=final runs; tune runs have none)" if protocol == "clean" else ""
+        raise ReportError(f"{runs_dir}: no split=final run record has a {protocol} accuracy{hint}")
+    ref = load_reference(reference) if reference else None
     out = Path(out_dir or Path(runs_dir) / "report")
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
+    tune_runs = sum(r.split == "tune" for r in records)
+    tabulated = sum(len(v.records) for v in variants)
     md = [f"# heartlora report ({protocol} protocol)", "",
-          f"{len(rows)} run records from `{runs_dir}`. Accuracy in %, mean ± std over seeds. "
-          "'Average (of groups)' is the mean of the Natural, Specialized and Structured means (the "
-          "literature's Average); 'Mean (tasks)' is the plain mean over the tasks present. Params and "
-          "bytes exclude the classifier.", ""]
-    vtab = vtab_summary(rows, protocol)
-    if vtab:
-        header, body = vtab_rows(vtab)
-        md += ["## VTAB-1K layout", "", _markdown(header, body), ""]
-        incomplete = sorted(m for m, s in vtab.items() if not s["groups"]["complete"])
-        if incomplete:
-            md += [f"Partial VTAB-1K for {', '.join(incomplete)}: group means cover the tasks present only.", ""]
-        _csv(out / "vtab.csv", header, body)
-        (out / "vtab.tex").write_text(_latex(header, body))
-        written.update(vtab_csv=out / "vtab.csv", vtab_tex=out / "vtab.tex")
-        points = []
-        for method, s in vtab.items():
-            accuracy = s["groups"]["average"] if s["groups"]["average"] is not None else s["groups"]["mean_tasks"]
-            if s["adapter_bytes"]:
-                points.append({"method": method, "accuracy": accuracy, "adapter_bytes": s["adapter_bytes"]})
-        if points:
-            written["accuracy_vs_bytes"] = plot_accuracy_vs_bytes(
-                points, out / "accuracy_vs_bytes.png", title=f"VTAB-1K ({protocol} protocol)")
-    fewshot = fewshot_summary(rows, protocol)
-    for dataset, methods in fewshot.items():
-        shots = sorted({k for m in methods.values() for k in m})
-        header = ["method", *[f"{k}-shot" for k in shots]]
-        body = [[method, *[_fmt(*m[k][:2]) if k in m else "–" for k in shots]] for method, m in methods.items()]
-        md += [f"## Few-shot: {dataset}", "", _markdown(header, body), ""]
-        _csv(out / f"fewshot_{dataset}.csv", header, body)
-        (out / f"fewshot_{dataset}.tex").write_text(_latex(header, body))
-        series = {method: (list(m), [v[0] for v in m.values()]) for method, m in methods.items()}
-        written[f"fewshot_{dataset}"] = plot_lines(series, out / f"fewshot_{dataset}.png", "shots per class",
-                                                   "test accuracy (%)", title=f"Few-shot {dataset}", logx=True)
-    (out / "report.md").write_text("\n".join(md))
-    written["markdown"] = out / "report.md"
+          f"{tabulated} run records from `{runs_dir}` in {len(variants)} rows"
+          + (f" ({tune_runs} split=tune runs, the clean protocol's validation, not tabulated)" if tune_runs else "")
+          + f". Numbers: {PROTOCOL_TEXT[protocol]}.", "",
+          "A row pools records that differ only in their seed; any other difference (an option taking several "
+          "values within a task, a different recipe) makes a separate row, named by what differs. Cells: top-1 "
+          "accuracy (%), mean ± std over the row's n seeds (– : one seed, no spread); the CSV files add the 95% "
+          "t-interval. 'Average (of groups)' is the mean of the Natural, Specialized and Structured means (the "
+          "literature's Average); 'Mean (tasks)' is the plain mean over the tasks present. Params and bytes "
+          "exclude the classifier. Best mean per column in bold.", ""]
+    notes = _options_notes(variants)
+    if notes:
+        md += ["Options that differ between tasks within one row (per-task presets or choices):", "", *notes, ""]
+    if protocol == "clean":
+        untuned = [v.label for v in variants if not v.tuned]
+        if untuned:
+            md += [f"Not tuned on val200 (options fixed beforehand, then tested once): {'; '.join(untuned)}.", ""]
+
+    vtab = vtab_table(variants, protocol) if any(v.kind == "vtab" for v in variants) else None
+    if vtab is not None:
+        md += ["## VTAB-1K", "", markdown(vtab), ""]
+        partial = [r.label for r in vtab.rows if any(t not in r.cells for t in VTAB_TASKS)]
+        if partial:
+            md += [f"Partial VTAB-1K ({'; '.join(partial)}): group means cover the tasks present only; the "
+                   "Average needs all three groups.", ""]
+        _table_files(vtab, variants, protocol, "vtab", out, tabulated, written)
+    folder = vtab_table(variants, protocol, "folder") if any(v.kind == "folder" for v in variants) else None
+    if folder is not None:
+        md += ["## Image-folder tasks", "", markdown(folder), ""]
+        _table_files(folder, variants, protocol, "folder", out, tabulated, written)
+
+    few = fewshot_tables(variants, protocol)
+    if few:
+        for table in few:
+            md += [f"## Few-shot: {table.section}", "", markdown(table), ""]
+        _write(out / f"fewshot_{protocol}.csv", summary_csv(few), written, "fewshot_csv")
+        _write(out / f"fewshot_{protocol}_seeds.csv", seeds_csv(variants, protocol, "fewshot"), written,
+               "fewshot_seeds_csv")
+        _write(out / f"fewshot_{protocol}.tex", "\n".join(latex(t, caption(t, tabulated), f"tab:fewshot-{i}-{protocol}")
+                                                         for i, t in enumerate(few)), written, "fewshot_tex")
+        panels = {}
+        for table in few:
+            panels[table.section if not table.section.startswith("average") else "average over datasets"] = {
+                row.label: ([int(c.split("-")[0]) for c in table.columns if c in row.cells],
+                            [row.cells[c].mean for c in table.columns if c in row.cells],
+                            [row.cells[c].mean - _std0(row.cells[c].std) for c in table.columns if c in row.cells],
+                            [row.cells[c].mean + _std0(row.cells[c].std) for c in table.columns if c in row.cells])
+                for row in table.rows}
+        files = plot_fewshot(panels, out / f"fewshot_{protocol}", band="band: ± std over seeds",
+                             title=f"Few-shot ({protocol} protocol)")
+        written["fewshot_pdf"], written["fewshot_png"] = files
+
+    if ref is not None:
+        if vtab is None:
+            raise ReportError(f"{runs_dir}: option '--reference' compares VTAB-1K rows, and no VTAB-1K record is here")
+        comparisons = compare(vtab, ref)
+        _write(out / f"reproduction_{protocol}.md", comparison_markdown(vtab, ref, comparisons, protocol), written,
+               "reproduction_md")
+        _write(out / f"reproduction_{protocol}.csv", comparison_csv(comparisons, protocol), written, "reproduction_csv")
+        md += [f"Reproduction report against `{ref.path}`: {len(comparisons)} comparisons in "
+               f"`reproduction_{protocol}.md`.", ""]
+    _write(out / f"report_{protocol}.md", "\n".join(md), written, "markdown")
     return written
+
+
+def _std0(std: float) -> float:
+    return 0.0 if std != std else std  # NaN (one seed): no band

@@ -106,7 +106,8 @@ class HeartLoRAConfig(LoRAConfig):
         uniform = len(set(heads)) == 1
         if self.select is None:
             self.select = "global" if uniform else "stage"  # Swin: global within each stage
-        if not uniform and self.select in ("global", "first", "random", "reverse"):
+        if not uniform and (self.select in ("global", "random", "reverse")
+                            or (self.select == "first" and not isinstance(self.ne, int))):
             raise ValueError(
                 f"method '{method}': select='{self.select}' needs the same number of heads in every layer; this "
                 f"backbone has {sorted(set(heads))} — use select='stage' (global within each stage) or select='layer'"

@@ -220,8 +220,9 @@ def select_heads(
                 masks[i] = mask_without(heads[i], off)
     elif select == "first":
         # the paper's arbitrary-deactivation control (Figure 3): scores are ignored
-        count = shared_count()
-        masks = [mask_without(h, list(range(count))) for h in heads]
+        if len(set(counts)) != 1:
+            raise ValueError(f"select='first' needs the same head count off in every layer (got {counts})")
+        masks = [mask_without(h, list(range(counts[0]))) for h in heads]
     elif select == "random":
         count = shared_count()
         generator = torch.Generator().manual_seed(int(seed))
