@@ -75,6 +75,9 @@ class LowRankQKV(AdapterLayer):
         self._stored_cache: dict[str, torch.Tensor] | None = None
         self.score_kind: str | None = None
         self.score_reduce = None  # set by HeadScorer(reduce=...) in data-parallel loops
+        # exact ablation with a shared prefix: the batch holds one copy of the same input per entry,
+        # and copy i has head ablation_heads[i]'s delta removed (see ablation_scores)
+        self.ablation_heads: torch.Tensor | None = None
         self.register_buffer("score_sum", torch.zeros(heads, device=device), persistent=False)
         self.score_batches = 0
         self.reset_parameters()
@@ -147,6 +150,8 @@ class LowRankQKV(AdapterLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged or self.active_heads.numel() == 0:
             return self.base(x)
+        if self.ablation_heads is not None:
+            return self._forward_ablation_variants(x)
         b_eff = self.effective_B()
         if self.score_kind == "taylor" and b_eff.requires_grad:
             b_eff.register_hook(self._taylor_hook(b_eff.detach()))
@@ -163,6 +168,25 @@ class LowRankQKV(AdapterLayer):
             bias.to(x2d.dtype), x2d, weight.t().to(x2d.dtype))
         out.addmm_(z2d, up.to(out.dtype).t())
         return out.view(*x.shape[:-1], out.shape[-1])
+
+    @torch.no_grad()
+    def _forward_ablation_variants(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch is ``len(ablation_heads)`` copies of one input (variant-major); the frozen
+        projection and the full delta are computed once, and copy i drops head i's rows."""
+        heads = self.ablation_heads
+        copies = heads.numel()
+        single = x.reshape(copies, -1, x.shape[-1])[0]
+        base = self.base(single)
+        delta = F.linear(self.dropout(F.linear(single, self.effective_A().to(single.dtype))),
+                         self.full_B(self.effective_B()).to(single.dtype))
+        site = self.site
+        keep = torch.ones(copies, 3 * site.attn_dim, dtype=delta.dtype, device=delta.device)
+        offsets = torch.arange(site.head_dim, device=delta.device)
+        for t in self.targets:
+            rows = TARGET_INDEX[t] * site.attn_dim + heads.to(delta.device)[:, None] * site.head_dim + offsets[None]
+            keep.scatter_(1, rows, 0.0)
+        out = base.unsqueeze(0) + delta.unsqueeze(0) * keep[:, None, :]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
     # ----- responsiveness -----------------------------------------------------------------
     def _taylor_hook(self, b_eff: torch.Tensor):
