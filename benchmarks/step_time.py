@@ -267,7 +267,7 @@ def _step_pairs(steps) -> list[tuple[str, str]]:
 
 def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, device, include_peft: bool,
                 ablation: bool = True, max_repeats: int | None = None, target_ci: float = 0.0,
-                only: list[str] | None = None, precisions: tuple[str, ...] = ("fp32",)) -> dict:
+                only: list[str] | None = None, precisions: tuple[str, ...] = ("fp32",), compile: bool = False) -> dict:
     timm_name, kwargs, size = MODELS[key]
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
@@ -281,6 +281,8 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
         torch.manual_seed(0)
         model = timm.create_model(timm_name, pretrained=False, num_classes=10, **kwargs).to(device).train()
         model = config.build(model).to(device)
+        if compile:  # heartlora train --compile: the training forward through torch.compile
+            model = torch.compile(model)
         step = make_step(model, config, images, labels, device)
         for _ in range(warmup):
             step()
@@ -307,7 +309,7 @@ def bench_model(key: str, batch: int, repeats: int, warmup: int, rank: int, devi
         ratio, ci = paired_ratio(times[scoring], times[not_scoring])
         rows[scoring]["taylor_overhead"] = ratio - 1.0
         rows[scoring]["taylor_overhead_ci"] = [ci[0] - 1.0, ci[1] - 1.0]
-    result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank,
+    result = {"model": key, "timm": timm_name, "image_size": size, "batch": batch, "rank": rank, "compiled": compile,
               "precisions": list(precisions), "rounds": len(next(iter(times.values()))), "rows": rows}
     result["taylor_work"] = bench_taylor_work(timm_name, kwargs, heads, rank, device)
     result["taylor_work"]["vs_floor_step"] = result["taylor_work"]["seconds_per_step"] / floor["median_s"]
@@ -427,6 +429,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ablation", action="store_true", help="skip timing ablation scores (1 + L·H forwards)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="auto",
                         help="auto: fp32 and bf16 autocast where bf16 is native (CUDA, CPUs with AMX), else fp32 only")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (as heartlora train --compile)")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -446,7 +449,7 @@ def main(argv=None) -> int:
         result = bench_model(key.strip(), args.batch, args.repeats, args.warmup, args.rank, device, not args.no_peft,
                              ablation=not args.no_ablation, max_repeats=args.max_repeats, target_ci=args.target_ci,
                              only=[c.strip() for c in args.configs.split(",")] if args.configs else None,
-                             precisions=precisions)
+                             precisions=precisions, compile=args.compile)
         print_table(result)
         results.append(result)
     if args.json:
