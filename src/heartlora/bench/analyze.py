@@ -382,6 +382,7 @@ def attention(run_dirs: Sequence[str | Path], image_paths: Sequence[str | Path],
     from PIL import Image, UnidentifiedImageError
 
     from ..data import build_transform
+    from ..data.decode import UnsupportedImage, to_rgb
     from .attention import attention_grid, check_heads
 
     out = Path(out_dir)
@@ -394,10 +395,11 @@ def attention(run_dirs: Sequence[str | Path], image_paths: Sequence[str | Path],
     for path in image_paths:
         try:
             with Image.open(path) as image:
-                raw.append(image.convert("RGB"))
+                image.load()
+                raw.append(to_rgb(image))  # the training path's conversion of every PIL mode
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: image not found (option '--images')") from None
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, UnsupportedImage) as err:
             raise AnalysisError(f"{path}: not a readable image (option '--images'; {err})") from None
     out.mkdir(parents=True, exist_ok=True)
     columns, rows, display, meanings = [], [], None, set()

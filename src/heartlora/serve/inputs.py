@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from ..data.decode import UnsupportedImage, to_rgb
 from ..data.folder import IMG_EXTENSIONS
 from ..data.transforms import build_transform
 
@@ -101,9 +102,12 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
             raise ImageError(f"image is {width}x{height} pixels; the limit is {max_pixels:,} pixels")
         try:
             image.load()
-            return image.convert("RGB")
         except Exception as err:
             raise ImageError(f"cannot decode the {image.format or 'image'} data ({type(err).__name__}: {err})") from None
+        try:
+            return to_rgb(image)  # the training path's conversion: 16-bit, float, alpha, CMYK handled alike
+        except UnsupportedImage as err:
+            raise ImageError(str(err)) from None
 
 
 class Preprocess:
