@@ -359,3 +359,28 @@ def test_folders_from_before_cell_identities_are_checked_by_their_record(finishe
             check_identities([(cell, cell.config(changed, out))], out)
     finally:
         cell_file.write_text(saved)
+
+
+def test_cell_folder_names_never_merge_two_values():
+    from heartlora.bench.sweep import make_cell
+
+    a, b = (make_cell("vtab", "cifar", "lora", {"scale": v}, 42) for v in (0.1234567, 0.1234568))
+    assert a.relative_dir() != b.relative_dir()
+    assert "scale=0.1," not in str(make_cell("vtab", "cifar", "lora", {"scale": 0.1}, 42).relative_dir())
+    assert make_cell("vtab", "cifar", "lora", {"scale": 10.0}, 42).relative_dir().parts[3] == "scale=10"
+
+
+def test_folders_from_before_a_new_setting_still_continue(finished_sweep, vtab_root):
+    from heartlora.bench.sweep import check_identities
+
+    cells, out = finished_sweep
+    cell = cells[0]
+    cell_file = out / cell.relative_dir() / "cell.json"
+    saved = cell_file.read_text()
+    stored = json.loads(saved)
+    del stored["config"]["data"]["fingerprint"]  # written before the setting existed
+    try:
+        cell_file.write_text(json.dumps(stored))
+        check_identities([(cell, cell.config(tiny_base(vtab_root), out))], out)  # the default: no mismatch
+    finally:
+        cell_file.write_text(saved)

@@ -112,3 +112,14 @@ def test_global_batches_are_split_into_contiguous_rank_slices():
     assert [len(b) for b in one] == [4, 4, 3]
     assert [a + b for a, b in zip(*two)] == one  # the union of the ranks' slices is the one-process batch
     assert len(GlobalBatchSampler(11, 4, drop_last=True, seed=3)) == 2 == len(list(GlobalBatchSampler(11, 4, True, 3)))
+
+
+def test_noah_supernet_trains_under_ddp(runs):
+    root, common = runs
+    args = [a for a in common]
+    args[args.index("heart-lora")] = "noah"
+    args = [a for i, a in enumerate(args) if a not in ("--ne",) and (i == 0 or args[i - 1] != "--ne")]
+    args[args.index("--epochs") + 1] = 1
+    result = torchrun(*args, "--out", root / "noah")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert record(root / "noah")["execution"]["world_size"] == 2

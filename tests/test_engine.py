@@ -246,3 +246,23 @@ def test_restart_needs_epochs_after_scoring(tmp_path):
                  "--workers", "0", "--quiet", "--ne", "1", "--opt", "score_epochs=2", "--opt", "restart=true",
                  "--out", str(tmp_path / "run")])
     assert code == 2 and not (tmp_path / "run" / "run.json").exists()
+
+
+def test_noah_supernet_resumes_exactly(vtab_root, tmp_path):
+    """NOAH's sub-network sampler is re-seeded per epoch by its schedule, so a kill loses nothing."""
+    cfg = config(vtab_root, method="noah", epochs=3, amp="off")
+
+    def stop(epoch, entry):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg.replace(out=str(tmp_path / "a")), callbacks=[stop])
+    resumed = train(cfg.replace(out=str(tmp_path / "a"), resume=True))
+    whole = train(cfg.replace(out=str(tmp_path / "b")))
+    assert [e["train_loss"] for e in resumed["curve"]] == [e["train_loss"] for e in whole["curve"]]
+
+
+def test_split_paper_is_recorded_as_final(vtab_root):
+    record = train(config(vtab_root, method="lora", split="paper", epochs=1))
+    assert record["data"]["split"] == "final" and record["protocols"]["clean"] is not None

@@ -160,6 +160,9 @@ class RunConfig:
         positive_int("workers", d.workers, 0)
         positive_int("image_size", d.image_size)
         need(d.kind in ("vtab", "fewshot", "folder"), "data_kind", d.kind, "one of vtab, fewshot, folder")
+        need(d.split in ("final", "paper", "tune"), "split", d.split, "one of final, tune (paper: an alias of final)")
+        if d.split == "paper":
+            d.split = "final"  # one name in every record: reports and the clean protocol read "final"
         need(d.fingerprint in ("stat", "content", "off"), "data_fingerprint", d.fingerprint, "one of stat, content, off")
         need(d.root is not None and str(d.root) != "", "data", d.root, "the data root folder (--data ROOT)")
         need(self.amp in ("auto", "bf16", "off", "none"), "amp", self.amp, "one of auto, bf16, off")

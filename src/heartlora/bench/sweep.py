@@ -36,7 +36,8 @@ RUN_NAME = "run.json"
 TUNED_NAME = "tuned.json"
 CHECKPOINT_NAME = "checkpoint.pt"
 # Settings that say where or how a cell runs, not what it computes: outside its identity.
-IDENTITY_IGNORES = frozenset({"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images"})
+IDENTITY_IGNORES = frozenset({"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images",
+                              "data.fingerprint"})
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,12 @@ class Cell:
 
 
 def _fmt(value: Any) -> str:
-    return format(value, "g") if isinstance(value, float) else str(value)
+    """Short for floats (``0.1``, ``10``), but never ambiguous: where 6 significant digits would
+    not give the value back (two values could share a cell folder), the round-tripping repr."""
+    if not isinstance(value, float):
+        return str(value)
+    short = format(value, "g")
+    return short if float(short) == value else repr(value)
 
 
 def _one_folder(text: str, allow_empty: bool = False) -> bool:
@@ -152,12 +158,18 @@ def recorded_identity(directory: Path) -> dict | None:
     cell = directory / CELL_NAME
     stored = _read_json(cell) if cell.is_file() else {}
     if isinstance(stored.get("config"), dict):
-        return identity(stored["config"])
+        return _with_defaults(stored["config"], cell)
     if run.is_file():
-        return identity(_read_json(run)["config"])
+        return _with_defaults(_read_json(run)["config"], run)
     from ..engine.checkpoint import load_checkpoint
 
-    return identity(load_checkpoint(checkpoint)["config"])
+    return _with_defaults(load_checkpoint(checkpoint)["config"], checkpoint)
+
+
+def _with_defaults(stored: dict, source: Path) -> dict:
+    """The identity of a recorded config, settings added since then taking their defaults (as they
+    did when it ran)."""
+    return identity(RunConfig.from_dict(stored, str(source)))
 
 
 def check_identities(jobs: Sequence[tuple["Cell", RunConfig]], out_root: Path) -> None:

@@ -52,21 +52,27 @@ class Distributed:
         import torch.distributed as dist
 
         out = tensor.detach().clone()
+        if self.backend == "nccl" and out.device.type != "cuda":  # nccl reduces GPU tensors only
+            on_gpu = out.to(f"cuda:{self.local_rank}")
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM, group=self.group)
+            return on_gpu.to(out.device)
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
         return out
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.all_reduce_sum(tensor) / self.world_size if self.enabled else tensor
 
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """DDP over the trainable parameters (``model`` itself when not distributed)."""
+    def wrap(self, model: nn.Module, device: torch.device, unused_parameters: bool = False) -> nn.Module:
+        """DDP over the trainable parameters (``model`` itself when not distributed);
+        ``unused_parameters``: some trainable parameters may get no gradient in a step."""
         if not self.enabled:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         # buffers (head gates, score sums) are equal on every rank by construction: never re-sent
-        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False,
+                                       find_unused_parameters=unused_parameters)
 
     def record(self) -> dict:
         return {"world_size": self.world_size, "nodes": self.nodes, "backend": self.backend}

@@ -58,9 +58,11 @@ class RunLock:
                               f"(if that process is gone, delete {self.path})")
 
     def acquire(self) -> "RunLock":
-        if not self.directory.exists():
+        try:
             self.directory.mkdir(parents=True)
             self.created_directory = True
+        except FileExistsError:  # there already, or made by a process racing this one
+            pass
         for _ in range(5):  # the file may be replaced between open and flock by a finishing holder
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             try:

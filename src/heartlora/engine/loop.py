@@ -522,7 +522,7 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         shares the parameters, and checkpoints and evaluation use ``model`` itself."""
         key = tuple(id(p) for p in model.parameters() if p.requires_grad)
         if wrapped.get("key") != key:
-            module = dist.wrap(model, device)
+            module = dist.wrap(model, device, get_method(config.method.name).step_may_skip_parameters)
             wrapped.update(key=key, module=torch.compile(module) if config.compile else module)
         return wrapped["module"]
 

@@ -153,6 +153,9 @@ class MethodSpec:
     # Capabilities, declared once: the method switches off attention heads (head masks and
     # responsiveness scores in its adapter and run record).
     selects_heads: bool = False
+    # a training step may leave some trainable parameters without a gradient (NOAH's supernet
+    # samples branches of size 0): data-parallel loops must allow for it
+    step_may_skip_parameters: bool = False
 
     def option_defaults(self) -> dict:
         base = {f.name: f.default for f in dataclasses.fields(self.config_cls)}

@@ -209,6 +209,8 @@ class LowRankQKV(AdapterLayer):
         per_token = delta.detach().float().reshape(-1, 3, site.num_heads, site.head_dim)
         ids = [TARGET_INDEX[t] for t in self.targets]
         norms = per_token[:, ids].norm(dim=-1).sum(dim=1).mean(dim=0)  # (H,)
+        if self.score_reduce is not None:  # data-parallel: every rank accumulates the same numbers
+            norms = self.score_reduce(norms)
         self.score_sum += norms
         self.score_batches += 1
 

@@ -51,7 +51,8 @@ from torch import nn
 
 from ..fsio import atomic_write
 from ..heads import TARGET_INDEX
-from .base import AdapterLayer, MethodSpec, register, replace_module
+from ..seeding import derive_seed
+from .base import AdapterLayer, MethodSchedule, MethodSpec, ScheduleActions, register, replace_module
 from .prompts import PromptedSequential, vit_token_blocks, vpt_init_bound
 
 NOAH_PAPER = "Zhang, Zhou & Liu, Neural Prompt Search, arXiv 2206.04673 (NOAH)"
@@ -278,6 +279,7 @@ class NoahBlocks(PromptedSequential):
         self.grids = {b: tuple(config.grid(b)) for b in BRANCHES}
         self.max_sizes = {b: list(v) for b, v in max_sizes.items()}
         self.n_targets = len(config.lora_targets)
+        self.seed = config.seed
         self.rng = random.Random(config.seed)
         self.fixed = {b: list(v) for b, v in max_sizes.items()}
         self._activate(self.fixed)
@@ -392,10 +394,23 @@ def _identity_at_init(options: dict) -> bool:
     return max(int(v) for v in options.get("prompt_grid", (0,))) == 0
 
 
+class NoahSchedule(MethodSchedule):
+    """The supernet's sub-network sampler draws from its own RNG during training; it is re-seeded
+    from (option ``seed``, epoch) at the start of every epoch, so epoch e samples the same
+    sub-networks whether or not the run was interrupted before it (exact resume)."""
+
+    def on_epoch_start(self, epoch: int) -> ScheduleActions:
+        for module in self.model.modules():
+            if isinstance(module, NoahBlocks):
+                module.rng = random.Random(derive_seed(module.seed, "noah-sampler", epoch))
+        return ScheduleActions()
+
+
 register(MethodSpec(
     "noah", NoahConfig, apply_noah,
     "supernet of Adapter + LoRA + VPT-Deep per layer; evolutionary search under a parameter budget; "
     "retrain the sub-network (option 'subnet')", NOAH_PAPER, mergeable=False, identity_at_init=_identity_at_init,
+    schedule=NoahSchedule, step_may_skip_parameters=True,
 ))
 
 

@@ -50,14 +50,13 @@ class HeadScorer:
         for layer in self.layers:
             layer.reset_scores()
             layer.score_kind = kind if kind in ACCUMULATED else None
-            layer.score_reduce = reduce if kind == "taylor" else None
+            layer.score_reduce = reduce if kind in ACCUMULATED else None
 
     def scores(self) -> list[torch.Tensor]:
         if self.kind == "weight":
             return [layer.weight_scores().cpu() for layer in self.layers]
-        if self.kind == "activation":
-            means = [l.score_sum / max(l.score_batches, 1) for l in self.layers]
-            return [(self.reduce(m) if self.reduce is not None else m).cpu() for m in means]
+        if self.kind == "activation":  # reduced per batch already (``reduce``), equal on every rank
+            return [(l.score_sum / max(l.score_batches, 1)).cpu() for l in self.layers]
         return [l.score_sum.detach().clone().cpu() for l in self.layers]
 
     def close(self) -> None:
