@@ -40,3 +40,42 @@ def images():
 @pytest.fixture
 def labels():
     return torch.tensor([0, 1, 2, 3])
+
+
+# ----- tiny runs through the engine -----------------------------------------------------------------
+TINY_RUN = {
+    "model": "vit_tiny_patch16_224",
+    "model_kwargs": {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 4},
+    "image_size": 32, "batch_size": 8, "workers": 0, "quiet": True, "eval_every": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def vtab_root(tmp_path_factory):
+    """A synthetic VTAB-layout 'cifar' task: 24 train800, 8 val200, 16 test images, 4 classes."""
+    from heartlora.data.synthetic import make_vtab
+
+    root = tmp_path_factory.mktemp("vtab")
+    make_vtab(root, tasks=("cifar",), n_train=24, n_val=8, n_test=16, image_size=32, num_classes=4)
+    return root
+
+
+def tiny_config(root, **values):
+    """RunConfig of a tiny ViT run on ``root``'s 'cifar' task; ``values`` as flat or nested keys."""
+    from heartlora.config import RunConfig
+
+    return RunConfig.from_dict({**TINY_RUN, "data": str(root), "task": "cifar", **values})
+
+
+def interrupted_then_resumed(config, tmp_path, after_epoch: int):
+    """(record of a run killed after ``after_epoch`` and resumed, record of the uninterrupted run)."""
+    from heartlora.engine.loop import train
+
+    def stop(epoch, entry):
+        if epoch == after_epoch:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config.replace(out=str(tmp_path / "interrupted")), callbacks=[stop])
+    resumed = train(config.replace(out=str(tmp_path / "interrupted"), resume=True))
+    return resumed, train(config.replace(out=str(tmp_path / "whole")))

@@ -9,31 +9,16 @@ from timm.scheduler import CosineLRScheduler
 
 import heartlora
 from heartlora.config import ConfigError, RunConfig
-from heartlora.data.synthetic import make_vtab
 from heartlora.engine import CosineSchedule, evaluate, train
 from heartlora.engine.build import build
 from heartlora.seeding import capture_rng, derive_seed, restore_rng
 
+from conftest import TINY_RUN, interrupted_then_resumed, tiny_config
+
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* randomly initialised")
 
-TINY = {
-    "model": "vit_tiny_patch16_224",
-    "model_kwargs": {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 4},
-    "image_size": 32, "batch_size": 8, "workers": 0, "quiet": True, "eval_every": 1,
-}
-
-
-@pytest.fixture(scope="module")
-def vtab_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vtab")
-    make_vtab(root, tasks=("cifar",), n_train=24, n_val=8, n_test=16, image_size=32, num_classes=4)
-    return root
-
-
 def config(vtab_root, **overrides) -> RunConfig:
-    values = {**TINY, "data": str(vtab_root), "task": "cifar", "epochs": 2, "warmup_epochs": 1, "lr": 1e-2}
-    values.update(overrides)
-    return RunConfig.from_dict(values)
+    return tiny_config(vtab_root, **{"epochs": 2, "warmup_epochs": 1, "lr": 1e-2, **overrides})
 
 
 def timm_lrs(epochs, warmup, lr=1e-3, warmup_lr=1e-6, min_lr=1e-5):
@@ -80,7 +65,7 @@ def test_construction_order_model_data_adapters_classifier(vtab_root):
 
     torch.manual_seed(cfg.seed)
     manual = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, drop_path_rate=0.1,
-                               **TINY["model_kwargs"])
+                               **TINY_RUN["model_kwargs"])
     heartlora.apply(manual, "lora")
     head = torch.nn.Linear(48, 100)  # PyTorch's default init, drawn last
     assert model.head.out_features == 100 and heartlora.get_state(model).num_classes == 100
@@ -250,16 +235,7 @@ def test_restart_needs_epochs_after_scoring(tmp_path):
 
 def test_noah_supernet_resumes_exactly(vtab_root, tmp_path):
     """NOAH's sub-network sampler is re-seeded per epoch by its schedule, so a kill loses nothing."""
-    cfg = config(vtab_root, method="noah", epochs=3, amp="off")
-
-    def stop(epoch, entry):
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg.replace(out=str(tmp_path / "a")), callbacks=[stop])
-    resumed = train(cfg.replace(out=str(tmp_path / "a"), resume=True))
-    whole = train(cfg.replace(out=str(tmp_path / "b")))
+    resumed, whole = interrupted_then_resumed(config(vtab_root, method="noah", epochs=3, amp="off"), tmp_path, 0)
     assert [e["train_loss"] for e in resumed["curve"]] == [e["train_loss"] for e in whole["curve"]]
 
 

@@ -9,7 +9,6 @@ import heartlora
 import heartlora.data as heartlora_data
 from heartlora.adapters_io import adapter_tensors
 from heartlora.config import ConfigError, RunConfig
-from heartlora.data.synthetic import make_vtab
 from heartlora.engine.build import build
 from heartlora.engine.loop import train
 from heartlora.engine.schedule import CosineSchedule
@@ -17,29 +16,13 @@ from heartlora.methods.lowrank import lowrank_layers
 from heartlora.precision import autocast, resolve_amp
 from heartlora.seeding import derive_seed, seed_all
 
-from conftest import tiny_swin, tiny_vit
+from conftest import interrupted_then_resumed, tiny_config, tiny_swin, tiny_vit
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* randomly initialised")
 
-TINY = {
-    "model": "vit_tiny_patch16_224",
-    "model_kwargs": {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 4},
-    "image_size": 32, "batch_size": 8, "workers": 0, "quiet": True, "eval_every": 1,
-}
-
-
-@pytest.fixture(scope="module")
-def vtab_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vtab")
-    make_vtab(root, tasks=("cifar",), n_train=24, n_val=8, n_test=16, image_size=32, num_classes=4)
-    return root
-
-
 def config(vtab_root, **overrides) -> RunConfig:
-    values = {**TINY, "data": str(vtab_root), "task": "cifar", "epochs": 3, "warmup_epochs": 1, "lr": 1e-2,
-              "method": "heart-lora"}
-    values.update(overrides)
-    return RunConfig.from_dict(values)
+    return tiny_config(vtab_root, **{"epochs": 3, "warmup_epochs": 1, "lr": 1e-2,
+              "method": "heart-lora", **overrides})
 
 
 # ----- a training loop of one's own -------------------------------------------------------------------
@@ -262,15 +245,7 @@ def test_ablation_scores_on_held_out_batches(vtab_root):
 
 
 def test_resume_of_a_budget_and_auto_run_equals_uninterrupted(vtab_root, tmp_path):
-    cfg = config(vtab_root, opt={"ne": "auto", "score_epochs": 1}, epochs=3)
-
-    def stop(epoch, entry):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg.replace(out=str(tmp_path / "a")), callbacks=[stop])
-    resumed = train(cfg.replace(out=str(tmp_path / "a"), resume=True))
-    whole = train(cfg.replace(out=str(tmp_path / "b")))
+    resumed, whole = interrupted_then_resumed(config(vtab_root, opt={"ne": "auto", "score_epochs": 1}, epochs=3),
+                                              tmp_path, 1)
     assert [e["train_loss"] for e in resumed["curve"]] == [e["train_loss"] for e in whole["curve"]]
     assert resumed["heads"] == whole["heads"] and resumed["resumed_at_epochs"] == [2]
