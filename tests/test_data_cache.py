@@ -15,7 +15,7 @@ from torchvision import transforms as T
 from heartlora.cli import main
 from heartlora.config import ConfigError, RunConfig, apply_mapping, load_yaml
 from heartlora.data import DataError, load_task
-from heartlora.data.cache import CachedImageDataset, apply_cache, plan_cache
+from heartlora.data.cache import CachedImageDataset, apply_cache, collate, plan_cache
 from heartlora.data.synthetic import make_fewshot, make_folder, make_vtab
 from heartlora.engine.loop import train
 from heartlora.seeding import seed_all
@@ -48,10 +48,11 @@ def layouts(tmp_path_factory):
             "folder": (("folder", str(base / "folder")), {})}
 
 
-def _batches(dataset, seed: int, shuffle: bool) -> list:
+def _batches(dataset, seed: int, shuffle: bool, collate_fn=None) -> list:
     """All batches of a seeded loader, as the engine draws them (global RNG for augmentation)."""
     seed_all(seed)
-    loader = DataLoader(dataset, batch_size=4, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(dataset, batch_size=4, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+                        collate_fn=collate_fn)
     return [(images.clone(), labels.clone()) for images, labels in loader]
 
 
@@ -59,11 +60,12 @@ def _same(a: list, b: list) -> bool:
     return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
+@pytest.mark.parametrize("augment", [True, False])
 @pytest.mark.parametrize("split", ["final", "tune"])
 @pytest.mark.parametrize("kind", ["vtab", "fewshot", "folder"])
-def test_cached_items_equal_uncached_on_every_layout_and_split(layouts, tmp_path, kind, split):
+def test_cached_items_equal_uncached_on_every_layout_and_split(layouts, tmp_path, kind, split, augment):
     args, extra = layouts[kind]
-    common = dict(split=split, image_size=SIZE, augment=True, normalize="imagenet", **extra)
+    common = dict(split=split, image_size=SIZE, augment=augment, normalize="imagenet" if augment else "none", **extra)
     plain = load_task(*args, **common)
     memory = load_task(*args, **common, cache="auto")
     mapped = load_task(*args, **common, cache="auto", cache_memory_mb=0, cache_dir=tmp_path / "cache")
@@ -75,11 +77,18 @@ def test_cached_items_equal_uncached_on_every_layout_and_split(layouts, tmp_path
     for seed in (1, 2):  # the augmentation is live on the cached items (so equal batches mean something)
         torch.manual_seed(seed)
         draws.append(memory.train[0][0])
-    assert not torch.equal(*draws)
+    assert torch.equal(*draws) is not augment
     for role in ("train", "eval"):
         expected = _batches(getattr(plain, role), seed=7, shuffle=role == "train")
         for task in (memory, mapped):
-            assert _same(_batches(getattr(task, role), seed=7, shuffle=role == "train"), expected), (kind, split, role)
+            for collate_fn in (None, collate):  # the engine's collate takes a batch converted in one piece as it is
+                got = _batches(getattr(task, role), seed=7, shuffle=role == "train", collate_fn=collate_fn)
+                assert _same(got, expected), (kind, split, role, collate_fn)
+        for index in (0, -1):  # single items too (seeded alike: augmentation draws random numbers)
+            torch.manual_seed(index)
+            item = getattr(memory, role)[index][0]
+            torch.manual_seed(index)
+            assert torch.equal(item, getattr(plain, role)[index][0])
 
 
 def _vtab_task(tmp_path, **kwargs):
@@ -226,11 +235,13 @@ def _results(record: dict) -> list:
 
 
 def test_a_whole_run_is_bit_identical_with_and_without_the_cache(vtab_root, tmp_path):
-    runs = {"off": ["--cache", "off"], "auto": [], "mmap": ["--cache-memory-mb", "0"]}
+    runs = {"off": ["--cache", "off"], "auto": [], "mmap": ["--cache-memory-mb", "0"],
+            "plain off": ["--cache", "off", "--no-augment"], "plain auto": ["--no-augment"]}  # batches converted whole
     for name, extra in runs.items():
         assert main(["train", *TINY_CLI, "--data", str(vtab_root), "--out", str(tmp_path / name), *extra]) == 0
     records = {name: _record(tmp_path / name) for name in runs}
     assert _results(records["auto"]) == _results(records["off"]) == _results(records["mmap"])
+    assert _results(records["plain auto"]) == _results(records["plain off"]) != _results(records["off"])
     assert records["auto"]["heads"] == records["off"]["heads"]
     caches = {name: record["data"]["cache"] for name, record in records.items()}
     assert caches["off"]["mode"] == "off" and caches["off"]["splits"]["train"]["storage"] == "off"

@@ -46,6 +46,9 @@ import numpy as np
 import PIL
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
+from torchvision import transforms as T
+from torchvision.transforms import functional as F
 
 from .decode import RULES_VERSION
 from .errors import DataError, DataWarning, Problem, raise_first
@@ -98,6 +101,10 @@ class Pixels:
     def __getitem__(self, index: int) -> np.ndarray:
         return np.array(self._array()[index])  # a private copy: PIL may keep a reference to its buffer
 
+    def take(self, indices: list[int]) -> np.ndarray:
+        """``uint8[len(indices), H, W, 3]``, a copy."""
+        return self._array()[np.asarray(indices, dtype=np.int64)]
+
     def __len__(self) -> int:
         return self.shape[0]
 
@@ -105,12 +112,39 @@ class Pixels:
         return {**self.__dict__, "_map": None}
 
 
+def _tensor_steps(rest: T.Compose) -> tuple[bool, T.Normalize | None] | None:
+    """``(True, Normalize or None)`` when ``rest`` is exactly ``ToTensor`` [+ ``Normalize``] (no
+    augmentation): such a rest can run on arrays and on whole batches; else ``None``."""
+    steps = list(getattr(rest, "transforms", ()))
+    if not steps or type(steps[0]) is not T.ToTensor:
+        return None
+    if len(steps) == 1:
+        return True, None
+    if len(steps) == 2 and type(steps[1]) is T.Normalize:
+        return True, steps[1]
+    return None
+
+
+def to_tensor_batch(pixels: np.ndarray, normalize: T.Normalize | None) -> torch.Tensor:
+    """``ToTensor`` [+ ``Normalize``] of each ``[H, W, 3]`` uint8 image of ``pixels``, as one
+    ``[N, 3, H, W]`` tensor: the same element-wise operations as ``ToTensor`` (uint8 -> default
+    float dtype, then division by 255) and ``F.normalize`` (subtract the channel mean, divide by
+    the channel std), done once per batch, so every value equals the per-image result."""
+    batch = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    out = batch.to(torch.get_default_dtype(), memory_format=torch.contiguous_format).div_(255)
+    if normalize is not None:
+        out = F.normalize(out, normalize.mean, normalize.std, inplace=True)
+    return out
+
+
 class CachedImageDataset(ImageListDataset):
     """An :class:`ImageListDataset` whose images come from cached resized pixels.
 
     ``transform`` is still the split's whole transform (what the uncached dataset applies);
-    items apply its steps after the resize to the cached pixels. If ``transform`` is replaced,
-    items are decoded from their files again, as by the uncached dataset.
+    items apply its steps after the resize to the cached pixels: on a PIL image made from them
+    when there is augmentation, directly on the array otherwise (``ToTensor`` takes both), and a
+    DataLoader's batch is then converted in one go (``__getitems__``). If ``transform`` is
+    replaced, items are decoded from their files again, as by the uncached dataset.
     """
 
     def __init__(self, base: ImageListDataset, pixels: Pixels, rest: Callable) -> None:
@@ -118,11 +152,54 @@ class CachedImageDataset(ImageListDataset):
         self.source, self.transform = base.source, base.transform
         self.pixels = pixels
         self._cached_for, self._rest = base.transform, rest
+        self._tensor_only = _tensor_steps(rest)
+
+    def _cached(self) -> bool:
+        return self.transform is self._cached_for
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if self.transform is not self._cached_for:
+        if not self._cached():
             return super().__getitem__(index)
-        return self._rest(Image.fromarray(self.pixels[index])), self.targets[index]
+        array = self.pixels[index]
+        return self._rest(array if self._tensor_only else Image.fromarray(array)), self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """The items of a DataLoader batch (which it then collates as usual)."""
+        if not self._cached() or self._tensor_only is None or not indices:
+            return [self[i] for i in indices]  # in order: augmentation draws its random numbers as uncached
+        images = to_tensor_batch(self.pixels.take(indices), self._tensor_only[1])
+        return [(images[k], self.targets[i]) for k, i in enumerate(indices)]
+
+
+def collate(batch: list) -> list:
+    """``default_collate``, except that the items of a batch that :class:`CachedImageDataset`
+    converted in one piece come back as that piece (the stack default_collate would make of
+    them is the same tensor, copied into fresh memory: on some machines as slow as the conversion).
+
+    Safe for any dataset: anything else goes to ``default_collate``."""
+    images = _whole_batch(batch)
+    if images is None:
+        return default_collate(batch)
+    return [images, torch.tensor([label for _, label in batch])]
+
+
+def _whole_batch(batch: list) -> torch.Tensor | None:
+    """The tensor whose consecutive rows are exactly the images of ``batch``'s ``(image, int)`` items, or None."""
+    if not isinstance(batch, list) or not batch:
+        return None
+    first = batch[0]
+    if not (isinstance(first, tuple) and len(first) == 2 and isinstance(first[0], torch.Tensor)):
+        return None
+    base = first[0]._base
+    if base is None or not base.is_contiguous() or base.shape[0] != len(batch) or base.storage_offset() != 0:
+        return None
+    step = first[0].numel()
+    for k, item in enumerate(batch):
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], torch.Tensor)
+                and type(item[1]) is int and item[0]._base is base and item[0].storage_offset() == k * step
+                and item[0].shape == base.shape[1:] and item[0].is_contiguous()):
+            return None
+    return base
 
 
 # ----------------------------------------------------------------------------------- building
