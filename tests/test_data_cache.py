@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 
 from heartlora.cli import main
 from heartlora.config import ConfigError, RunConfig, apply_mapping, load_yaml
 from heartlora.data import DataError, load_task
-from heartlora.data.cache import CachedImageDataset, apply_cache, collate, plan_cache
+from heartlora.data.cache import CachedImageDataset, apply_cache, batched, collate, plan_cache
 from heartlora.data.synthetic import make_fewshot, make_folder, make_vtab
 from heartlora.engine.loop import train
 from heartlora.seeding import seed_all
@@ -49,9 +49,10 @@ def layouts(tmp_path_factory):
 
 
 def _batches(dataset, seed: int, shuffle: bool, collate_fn=None) -> list:
-    """All batches of a seeded loader, as the engine draws them (global RNG for augmentation)."""
+    """All batches of a seeded loader, as the engine draws them (global RNG for augmentation);
+    with ``collate_fn``, through ``batched`` as the engine's loaders do."""
     seed_all(seed)
-    loader = DataLoader(dataset, batch_size=4, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+    loader = DataLoader(dataset if collate_fn is None else batched(dataset), batch_size=4, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
                         collate_fn=collate_fn)
     return [(images.clone(), labels.clone()) for images, labels in loader]
 
@@ -81,9 +82,11 @@ def test_cached_items_equal_uncached_on_every_layout_and_split(layouts, tmp_path
     for role in ("train", "eval"):
         expected = _batches(getattr(plain, role), seed=7, shuffle=role == "train")
         for task in (memory, mapped):
-            for collate_fn in (None, collate):  # the engine's collate takes a batch converted in one piece as it is
+            for collate_fn in (None, collate):  # the engine's loaders: batches converted in one piece
                 got = _batches(getattr(task, role), seed=7, shuffle=role == "train", collate_fn=collate_fn)
                 assert _same(got, expected), (kind, split, role, collate_fn)
+        picked = [len(plain.eval) - 1, 0, 1]  # a Subset (held-out data, DDP shards) batches alike
+        assert _same(_batches(Subset(memory.eval, picked), 3, False, collate), _batches(Subset(plain.eval, picked), 3, False))
         for index in (0, -1):  # single items too (seeded alike: augmentation draws random numbers)
             torch.manual_seed(index)
             item = getattr(memory, role)[index][0]

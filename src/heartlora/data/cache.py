@@ -142,9 +142,10 @@ class CachedImageDataset(ImageListDataset):
 
     ``transform`` is still the split's whole transform (what the uncached dataset applies);
     items apply its steps after the resize to the cached pixels: on a PIL image made from them
-    when there is augmentation, directly on the array otherwise (``ToTensor`` takes both), and a
-    DataLoader's batch is then converted in one go (``__getitems__``). If ``transform`` is
-    replaced, items are decoded from their files again, as by the uncached dataset.
+    when there is augmentation, directly on the array otherwise (``ToTensor`` takes both).
+    :meth:`items` converts a whole batch in one go when there is no augmentation; a DataLoader
+    uses it through :func:`batched` (the engine's loaders do). If ``transform`` is replaced,
+    items are decoded from their files again, as by the uncached dataset.
     """
 
     def __init__(self, base: ImageListDataset, pixels: Pixels, rest: Callable) -> None:
@@ -163,12 +164,44 @@ class CachedImageDataset(ImageListDataset):
         array = self.pixels[index]
         return self._rest(array if self._tensor_only else Image.fromarray(array)), self.targets[index]
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
-        """The items of a DataLoader batch (which it then collates as usual)."""
+    def items(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """``[self[i] for i in indices]``, converted in one piece when there is no augmentation
+        (views of one ``[N, 3, H, W]`` tensor, which :func:`collate` returns without copying)."""
         if not self._cached() or self._tensor_only is None or not indices:
             return [self[i] for i in indices]  # in order: augmentation draws its random numbers as uncached
         images = to_tensor_batch(self.pixels.take(indices), self._tensor_only[1])
         return [(images[k], self.targets[i]) for k, i in enumerate(indices)]
+
+
+class _Batched(torch.utils.data.Dataset):
+    """A CachedImageDataset (optionally through the indices of a Subset) whose DataLoader batches
+    come from :meth:`CachedImageDataset.items` (``__getitems__``, which the DataLoader calls)."""
+
+    def __init__(self, dataset: CachedImageDataset, indices: list[int] | None = None) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.dataset) if self.indices is None else len(self.indices)
+
+    def _index(self, index: int) -> int:
+        return index if self.indices is None else self.indices[index]
+
+    def __getitem__(self, index: int):
+        return self.dataset[self._index(index)]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        return self.dataset.items([self._index(i) for i in indices])
+
+
+def batched(dataset):
+    """What to give a DataLoader (with ``collate_fn=collate``) for ``dataset``: for a
+    CachedImageDataset, or a Subset of one, a view whose batches are converted in one piece;
+    any other dataset as it is (its own ``__getitem__`` is always honoured)."""
+    if type(dataset) is CachedImageDataset:
+        return _Batched(dataset)
+    if type(dataset) is torch.utils.data.Subset and type(dataset.dataset) is CachedImageDataset:
+        return _Batched(dataset.dataset, list(dataset.indices))
+    return dataset
 
 
 def collate(batch: list) -> list:

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..adapters_io import adapter_bytes, save_adapter, trainable_parameters
 from ..config import ConfigError, RunConfig
-from ..data.cache import collate
+from ..data.cache import batched, collate
 from ..data.errors import DataError
 from ..data.fingerprint import compare_fingerprints, content_fingerprint, describe_changes
 from ..fsio import OutputError, umask
@@ -104,7 +104,7 @@ def _correct_and_total(model: nn.Module, dataset, batch_size: int, *, device=Non
         device = next(model.parameters()).device
     device = torch.device(device)
     use_amp = resolve_amp("auto", device).enabled if amp is None else amp
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    loader = DataLoader(batched(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", collate_fn=collate)
     was_training = model.training
     model.eval()
@@ -161,7 +161,8 @@ def _train_loader(dataset, config: RunConfig, epoch: int, device: torch.device,
     """This epoch's loader (this rank's slice of each seeded global batch) and the global batch sizes."""
     sampler = GlobalBatchSampler(len(dataset), config.schedule.batch_size, config.schedule.drop_last,
                                  derive_seed(config.seed, "order", epoch), dist.world_size, dist.rank)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.data.workers, pin_memory=device.type == "cuda",
+    loader = DataLoader(batched(dataset), batch_sampler=sampler, num_workers=config.data.workers,
+                        pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(derive_seed(config.seed, "loader", epoch)),
                         collate_fn=collate)
     return loader, [len(batch) for batch in sampler.batches()]
@@ -173,7 +174,7 @@ def _first_batches(dataset, count: int, batch_size: int, seed_key: tuple | None)
     if seed_key is not None:
         seed_all(derive_seed(*seed_key))  # augmentation, if any, draws from the global RNGs
         generator = torch.Generator().manual_seed(derive_seed(*seed_key, "order"))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=seed_key is not None, drop_last=False,
+    loader = DataLoader(batched(dataset), batch_size=batch_size, shuffle=seed_key is not None, drop_last=False,
                         num_workers=0, generator=generator, collate_fn=collate)
     batches = []
     for batch in loader:
