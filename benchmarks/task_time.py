@@ -96,9 +96,9 @@ def config_for(args: argparse.Namespace, data: Path, out: Path, cache: str) -> R
     patch = args.patch_size or (16 if args.image_size >= 64 else 4)
     return RunConfig.from_dict({
         "model": args.model or MODEL_SIZES[args.model_size], "model_kwargs": {"patch_size": patch},
-        "data": str(data), "task": "cifar", "image_size": args.image_size, "workers": args.workers,
-        "cache": cache, "cache_memory_mb": args.cache_memory_mb, "method": args.method,
-        "epochs": args.epochs, "warmup_epochs": min(1, args.epochs - 1) if args.epochs > 1 else 0,
+        "data": str(data), "task": "cifar", "image_size": args.image_size, "augment": args.augment,
+        "workers": args.workers, "cache": cache, "cache_memory_mb": args.cache_memory_mb, "method": args.method,
+        "epochs": args.epochs, "warmup_epochs": 1 if args.epochs > 1 else 0,
         "eval_every": args.eval_every, "batch_size": args.batch, "eval_batch_size": args.eval_batch,
         "drop_last": False, "device": args.device, "amp": args.amp, "quiet": not args.verbose, "out": str(out),
         "seed": 0,
@@ -147,8 +147,8 @@ def format_table(runs: dict, ratios: dict) -> str:
 
     lines.append("")
     lines.append(f"uncached / cached: data time per epoch {show(ratios['data_per_epoch'])}, eval data per "
-                 f"evaluation {show(ratios['eval_data_per_evaluation'])}, whole data path incl. cache build and image "
-                 f"check {show(ratios['data_path_total'])}, wall {show(ratios['wall'])}")
+                 f"evaluation {show(ratios['eval_data_per_evaluation'])}, data + eval data + setup (the cache build "
+                 f"or the image check) {show(ratios['data_path_total'])}, wall {show(ratios['wall'])}")
     lines.append(f"losses and accuracies bit-identical: {'yes' if ratios['identical'] else 'NO'}")
     return "\n".join(lines)
 
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default=None, help="a timm model name instead of --model-size")
     parser.add_argument("--patch-size", type=int, default=None, help="default: 16, or 4 below 64 px")
     parser.add_argument("--method", default="heart-lora")
+    parser.add_argument("--augment", action="store_true",
+                        help="the few-shot training augmentation (flip + colour jitter, per epoch either way)")
     parser.add_argument("--batch", type=int, default=64, help="training batch")
     parser.add_argument("--eval-batch", type=int, default=128, help="evaluation batch")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: in the training process)")
@@ -173,17 +175,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a tiny task in seconds ({', '.join(f'{k}={v}' for k, v in QUICK.items())})")
+    parser.add_argument("--quick", action="store_true", help="a tiny task in seconds: other defaults "
+                        f"({', '.join(f'{k}={v}' for k, v in QUICK.items())})")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write data and runs here and keep them")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE")
     parser.add_argument("--verbose", action="store_true", help="the runs' per-epoch lines")
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick:  # tiny defaults; options given explicitly still win
         for key, value in QUICK.items():
-            setattr(args, key, _size(value) if key == "source_size" else value)
-    if isinstance(args.source_size, str):
-        args.source_size = _size(args.source_size)
+            default = parser.get_default(key)
+            if getattr(args, key) == (_size(default) if key == "source_size" else default):
+                setattr(args, key, _size(value) if key == "source_size" else value)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="backbone .* randomly initialised")
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"{result['model']} on {device['type']} ({device.get('name')}), {torch.get_num_threads()} torch thread(s), "
           f"{args.train} train / {args.test} test images at {args.image_size} px, {args.epochs} epoch(s), "
-          f"eval every {args.eval_every}")
+          f"eval every {args.eval_every}{', augmented' if args.augment else ''}")
     print(format_table(runs, ratios))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -87,10 +87,6 @@ class Pixels:
         self.shape, self.tensor, self.file = tuple(shape), tensor, file
         self._map: np.memmap | None = None
 
-    @property
-    def storage(self) -> str:
-        return "memory" if self.file is None else "mmap"
-
     def _array(self) -> np.ndarray:
         if self.tensor is not None:
             return self.tensor.numpy()
