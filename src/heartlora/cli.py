@@ -121,6 +121,15 @@ def _data_args(parser, suppress: bool, defaults: bool = True, loader: bool = Tru
         _add(g, suppress, "--data-fingerprint", default=d(c.fingerprint), choices=("stat", "content", "off"),
              help="how a resumed run checks its images are unchanged: stat = sizes and modification times (cheap), "
                   "content = sha256 of every image, off = no check (recorded)")
+        _add(g, suppress, "--cache", default=d(c.cache), choices=("auto", "off"),
+             help="decoded-image cache: auto = decode and resize each split once (in memory within --cache-memory-mb, "
+                  "beyond it a memory-mapped file in --cache-dir; batches are bit-identical), off = decode every access")
+        _add(g, suppress, "--cache-memory-mb", default=d(c.cache_memory_mb), type=_nonneg_int, metavar="MIB",
+             help="memory for cached splits (training split first); 0 = every cached split in a file")
+        _add(g, suppress, "--cache-dir", default=d(c.cache_dir), metavar="DIR",
+             help="folder of the cache files of splits over --cache-memory-mb (default: OUT/data_cache; for bench: "
+                  "the sweep's OUT/data_cache, shared by its cells); files are keyed by the images and the resize, "
+                  "and the folder may be deleted between runs")
 
 
 def _train_parser(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -791,6 +800,10 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not base.out:
         raise ConfigError("option '--out': required (the sweep folder)")
     out_root, base = Path(base.out), base.replace(out=None, data={"kind": args.kind})
+    if base.data.cache_dir is None:  # cells of a sweep share one cache folder (not part of a cell's identity)
+        from .engine.build import CACHE_DIR_NAME
+
+        base = base.replace(data={"cache_dir": str(out_root / CACHE_DIR_NAME)})
     base.validate()
     tasks = args.tasks or _default_tasks(args.kind, base.data.root)
     grid = parse_grid(args.grid)
@@ -865,6 +878,10 @@ def _cmd_analyze(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if not base.out:
             raise ConfigError("option '--out': required")
         out, base = Path(base.out), base.replace(out=None)
+        if base.data.cache_dir is None:  # the analysis' runs share one cache folder
+            from .engine.build import CACHE_DIR_NAME
+
+            base = base.replace(data={"cache_dir": str(out / CACHE_DIR_NAME)})
         base.validate()
         if args.analysis == "deactivate":
             written = analyze.deactivate(base, args.tasks, out, ne_values=args.ne_values, seeds=args.seeds,

@@ -75,6 +75,9 @@ class DataConfig:
     allow_outside_root: bool = False  # list lines may name images outside the task folder
     fingerprint: str = "stat"  # stat: sizes + modification times | content: sha256 of the bytes | off (see resume)
     workers: int = 4
+    cache: str = "auto"  # auto: decode + resize each split once (heartlora.data.cache) | off: decode on every access
+    cache_memory_mb: int = 2048  # splits kept in memory up to this many MiB, training split first
+    cache_dir: Optional[str] = None  # memory-mapped files of splits over the budget; None: OUT/data_cache
 
 
 @dataclass
@@ -164,6 +167,10 @@ class RunConfig:
         if d.split == "paper":
             d.split = "final"  # one name in every record: reports and the clean protocol read "final"
         need(d.fingerprint in ("stat", "content", "off"), "data_fingerprint", d.fingerprint, "one of stat, content, off")
+        need(d.cache in ("auto", "off"), "cache", d.cache, "one of auto, off")
+        positive_int("cache_memory_mb", d.cache_memory_mb, 0)
+        need(d.cache_dir is None or (isinstance(d.cache_dir, str) and d.cache_dir != ""), "cache_dir", d.cache_dir,
+             "a folder path (or leave it out: OUT/data_cache)")
         need(d.root is not None and str(d.root) != "", "data", d.root, "the data root folder (--data ROOT)")
         need(self.amp in ("auto", "bf16", "off", "none"), "amp", self.amp, "one of auto, bf16, off")
         need(isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"),
@@ -192,6 +199,7 @@ FLAT_KEYS: dict[str, tuple[str | None, str]] = {
     "image_size": ("data", "image_size"), "normalize": ("data", "normalize"), "augment": ("data", "augment"),
     "check_images": ("data", "check_images"), "workers": ("data", "workers"),
     "allow_outside_root": ("data", "allow_outside_root"), "data_fingerprint": ("data", "fingerprint"),
+    "cache": ("data", "cache"), "cache_memory_mb": ("data", "cache_memory_mb"), "cache_dir": ("data", "cache_dir"),
     **{f.name: ("schedule", f.name) for f in dataclasses.fields(ScheduleConfig)},
     **{name: (None, name) for name in _RUN_FIELDS},
 }
@@ -239,6 +247,8 @@ def _coerce(value: Any, hint: Any, option: str) -> Any:
         if hint is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
+            if isinstance(value, bool):  # YAML reads an unquoted off / on (no / yes) as a boolean
+                return "on" if value else "off"
             return str(value)
         if hint is dict:
             if not isinstance(value, dict):

@@ -37,7 +37,7 @@ TUNED_NAME = "tuned.json"
 CHECKPOINT_NAME = "checkpoint.pt"
 # Settings that say where or how a cell runs, not what it computes: outside its identity.
 IDENTITY_IGNORES = frozenset({"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images",
-                              "data.fingerprint"})
+                              "data.fingerprint", "data.cache", "data.cache_memory_mb", "data.cache_dir"})
 
 
 @dataclass(frozen=True)

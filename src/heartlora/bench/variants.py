@@ -30,7 +30,8 @@ from .sweep import CELL_NAME, RUN_NAME, TUNED_NAME
 
 PROTOCOLS = ("paper", "clean")
 # settings of a run that are not part of its recipe: where it ran and how it was driven
-_NOT_RECIPE_DATA = {"root", "task", "split", "shots", "fewshot_seed", "workers", "check_images", "kind"}
+_NOT_RECIPE_DATA = {"root", "task", "split", "shots", "fewshot_seed", "workers", "check_images", "kind", "cache",
+                    "cache_memory_mb", "cache_dir"}
 _NOT_RECIPE_SCHEDULE = {"eval_batch_size"}
 
 

@@ -29,6 +29,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+#: Version of the rules above: raise it whenever a rule changes the pixels it gives, so that
+#: decoded-image caches (``heartlora.data.cache``, whose keys include it) are rebuilt.
+RULES_VERSION = 1
 ALPHA_BACKGROUND = (255, 255, 255)
 PLAIN_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .cache import DEFAULT_MEMORY_MB, apply_cache, check_cache_options, plan_cache
 from .errors import DataError, DataWarning, raise_first
 from .fewshot import locate_fewshot
 from .folder import locate_folder
@@ -37,7 +38,9 @@ class TaskData:
     data (see ``heartlora.data.manifest``). ``warnings`` repeats the DataWarnings emitted while
     loading, for the run record. ``classes`` holds class names when the layout has them (folders,
     custom VTAB-layout tasks). ``directory`` is the task folder (image names in a content
-    fingerprint are relative to it, see ``heartlora.data.fingerprint``).
+    fingerprint are relative to it, see ``heartlora.data.fingerprint``). ``cache`` says where each
+    split's decoded pixels are kept (the run record's ``data.cache`` block, see
+    ``heartlora.data.cache``).
     """
 
     name: str
@@ -49,6 +52,7 @@ class TaskData:
     classes: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
     directory: Path | None = None
+    cache: dict | None = None
 
 
 def _check_int(option: str, value: object, minimum: int) -> None:
@@ -101,7 +105,9 @@ def read_splits(layout: Layout, required: tuple[str, ...], allow_outside_root: b
 def load_task(kind: str, root: str, task: str | None = None, *, split: str = "final",
               shots: int | None = None, seed: int | None = None, image_size: int = 224,
               normalize: str = "none", augment: bool = False, num_classes: int | None = None,
-              check_images: bool = False, allow_outside_root: bool = False) -> TaskData:
+              check_images: bool = False, allow_outside_root: bool = False, cache: str = "off",
+              cache_memory_mb: int = DEFAULT_MEMORY_MB, cache_dir: str | Path | None = None,
+              cache_threads: int = 1) -> TaskData:
     """Load a task's train and eval datasets for a protocol.
 
     kind: ``vtab`` | ``fewshot`` | ``folder``. ``task`` is the task/dataset name (any alias) under
@@ -115,11 +121,17 @@ def load_task(kind: str, root: str, task: str | None = None, *, split: str = "fi
     task's class count. ``check_images`` decodes every train/eval image up front.
     allow_outside_root: accept list lines whose image path is absolute or leaves the image root
     through ``..`` (refused by default: see ``heartlora.data.roots``).
+    cache: ``off`` (default here: every access decodes its image) or ``auto``: each split is
+    decoded and resized once, kept in memory within ``cache_memory_mb`` MiB (training split
+    first) or memory-mapped from a file in ``cache_dir`` beyond it (``heartlora.data.cache``;
+    items are bit-identical either way). Building a split's cache decodes every image of it in
+    full with ``cache_threads`` threads, so ``check_images`` then checks only the uncached splits.
     Raises DataError naming the file and line, or the option, at fault.
     """
     if split not in PROTOCOLS:
         raise DataError(f"option '--split': unknown value {split!r}; expected one of: {', '.join(PROTOCOLS)}")
     protocol = PROTOCOLS[split]
+    check_cache_options(cache, cache_memory_mb)
     train_transform = build_transform(image_size, normalize, augment)
     eval_transform = build_transform(image_size, normalize, False)
     layout = locate(kind, root, task, shots, seed)
@@ -135,13 +147,19 @@ def load_task(kind: str, root: str, task: str | None = None, *, split: str = "fi
         for problem in content.warnings:
             warnings.warn(problem.message, DataWarning, stacklevel=2)
             messages.append(problem.message)
-    if check_images:
-        problems = [p for name in dict.fromkeys((train_name, eval_name))
-                    for p in check_split_images(contents[name], layout.splits[name].path)]
-        raise_first(problems, VERIFY_HINT)
 
     manifest = build_manifest(layout, contents, (train_name, eval_name))
+    digest = manifest_hash(manifest)
     train = ImageListDataset(contents[train_name], layout.splits[train_name].path, train_transform)
     evaluation = ImageListDataset(contents[eval_name], layout.splits[eval_name].path, eval_transform)
-    return TaskData(layout.name, train, evaluation, layout.num_classes, manifest, manifest_hash(manifest),
-                    classes=layout.classes, warnings=messages, directory=layout.directory)
+    plans = plan_cache([("train", train_name, train), ("eval", eval_name, evaluation)], cache, cache_memory_mb,
+                       cache_dir)
+    if check_images:  # a split being cached is decoded in full below, which reports the same problems
+        unchecked = {plans[role].split: None for role in ("train", "eval") if plans[role].storage == "off"}
+        problems = [p for name in unchecked for p in check_split_images(contents[name], layout.splits[name].path)]
+        raise_first(problems, VERIFY_HINT)
+    cached = apply_cache(plans, task=layout.name, manifest=manifest, manifest_hash=digest,
+                         task_directory=layout.directory, mode=cache, memory_mb=cache_memory_mb,
+                         directory=cache_dir, threads=cache_threads)
+    return TaskData(layout.name, cached.datasets["train"], cached.datasets["eval"], layout.num_classes, manifest,
+                    digest, classes=layout.classes, warnings=messages, directory=layout.directory, cache=cached.info)

@@ -8,6 +8,10 @@ centre crop) follows the DESIGN §4 recipe of the Bi-LoRA lineage (NOAH calls it
 Normalisation is a named option because the lineage differs: ``none`` (default, the Bi-LoRA
 lineage feeds [0, 1] pixels), ``imagenet`` (timm ``IMAGENET_DEFAULT_MEAN/STD``) and
 ``inception`` (mean = std = 0.5, matching Google's ViT-B/16 ImageNet-21k checkpoints).
+
+Every transform here starts with its only deterministic image operation, the resize; the random
+augmentation comes after it. :func:`split_resize` cuts a transform there, which is what lets the
+decoded-image cache (``heartlora.data.cache``) store resized pixels and apply the rest per access.
 """
 from __future__ import annotations
 
@@ -55,3 +59,28 @@ def build_transform(image_size: int, normalize: str = "none", augment: bool = Fa
     if stats is not None:
         ops.append(T.Normalize(*stats))
     return T.Compose(ops)
+
+
+def split_resize(transform: object) -> tuple[T.Resize, T.Compose] | None:
+    """``(Resize, the rest)`` of a ``Compose`` whose first step is a fixed-size ``Resize((H, W))``,
+    or ``None`` for any other transform (nothing of it can be cached).
+
+    The ``Resize`` is the transform's own object, so a cache built with it computes exactly what
+    the transform computes; the rest (augmentation, ``ToTensor``, normalisation) is the list of
+    the transform's remaining steps, applied in the same order.
+    """
+    steps = getattr(transform, "transforms", None)
+    if type(transform) is not T.Compose or not steps:
+        return None
+    first = steps[0]
+    if type(first) is not T.Resize or not isinstance(first.size, (list, tuple)) or len(first.size) != 2:
+        return None
+    return first, T.Compose(list(steps[1:]))
+
+
+def describe_resize(resize: T.Resize) -> dict:
+    """The settings that decide a ``Resize``'s output (part of a cache key)."""
+    interpolation = resize.interpolation
+    return {"op": "Resize", "size": [int(v) for v in resize.size],
+            "interpolation": getattr(interpolation, "value", interpolation),
+            "max_size": resize.max_size, "antialias": resize.antialias}

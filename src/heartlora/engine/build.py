@@ -4,7 +4,8 @@ Order (DESIGN §4): **model → data → adapters → classifier**. The global R
 run seed, then
 
 1. the backbone is built *headless* (``num_classes=0``) and its local weights are loaded;
-2. the task's datasets are loaded (no random numbers are drawn);
+2. the task's datasets are loaded (no random numbers are drawn; with ``cache=auto`` each split is
+   decoded and resized once here, see ``heartlora.data.cache``);
 3. the method is applied through the registry (``heartlora.apply``), which draws the adapter
    initialisation (e.g. LoRA's Kaiming-uniform A);
 4. the new classifier is created last with ``model.reset_classifier(num_classes)``: PyTorch's
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,8 +33,18 @@ from ..methods.base import get_method
 from ..models import create_backbone
 from ..seeding import seed_all
 
-__all__ = ["Built", "build", "build_backbone", "check_method", "new_classifier", "probe_method", "resolve_amp",
-           "resolve_device"]
+__all__ = ["CACHE_DIR_NAME", "Built", "build", "build_backbone", "cache_dir", "check_method", "new_classifier",
+           "probe_method", "resolve_amp", "resolve_device"]
+
+
+CACHE_DIR_NAME = "data_cache"  # inside the run folder: decoded-image files of splits over the memory budget
+
+
+def cache_dir(config: RunConfig) -> str | None:
+    """Where a run's decoded-image cache files go: ``--cache-dir``, else ``OUT/data_cache``, else nowhere."""
+    if config.data.cache_dir:
+        return config.data.cache_dir
+    return str(Path(config.out) / CACHE_DIR_NAME) if config.out else None
 
 
 @dataclass
@@ -138,7 +150,8 @@ def build(config: RunConfig, device: torch.device) -> Built:
     model = build_backbone(m, d.image_size, config.seed)
     task = load_task(d.kind, d.root, d.task, split=d.split, shots=d.shots, seed=d.fewshot_seed,
                      image_size=d.image_size, normalize=d.normalize, augment=d.augment, num_classes=d.num_classes,
-                     check_images=d.check_images, allow_outside_root=d.allow_outside_root)
+                     check_images=d.check_images, allow_outside_root=d.allow_outside_root, cache=d.cache,
+                     cache_memory_mb=d.cache_memory_mb, cache_dir=cache_dir(config), cache_threads=max(1, d.workers))
     try:
         apply(model, config.method.name, **config.method.options)
     except ValueError as err:

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..adapters_io import adapter_bytes, save_adapter, trainable_parameters
 from ..config import ConfigError, RunConfig
+from ..data.cache import batched, collate
 from ..data.errors import DataError
 from ..data.fingerprint import compare_fingerprints, content_fingerprint, describe_changes
 from ..fsio import OutputError, umask
@@ -69,7 +70,7 @@ BACKBONE_NAME = "backbone.json"  # beside adapter_config.json: how to rebuild th
 # Settings that may change between a run and its resumption (the data and weights are compared
 # by their manifest hash / sha256 instead of their paths).
 RESUME_MAY_CHANGE = {"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images", "data.root",
-                     "model.weights", "data.fingerprint"}
+                     "model.weights", "data.fingerprint", "data.cache", "data.cache_memory_mb", "data.cache_dir"}
 FINGERPRINT_NAME = "data_fingerprint.json"  # written once per run: the images it trains and evaluates on
 
 Callback = Callable[[int, dict], None]
@@ -97,32 +98,42 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 64, *, device: torch.d
 
 @torch.no_grad()
 def _correct_and_total(model: nn.Module, dataset, batch_size: int, *, device=None, workers: int = 0,
-                       amp: bool | None = None, progress: bool = False) -> tuple[int, int]:
+                       amp: bool | None = None, progress: bool = False, timing: dict | None = None) -> tuple[int, int]:
+    """(correct, total); ``timing``, when given, gets ``data`` += the seconds spent waiting for batches."""
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
     use_amp = resolve_amp("auto", device).enabled if amp is None else amp
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(batched(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", collate_fn=collate)
     was_training = model.training
     model.eval()
     correct = total = 0
+    waited = 0.0
     try:
         with _data_errors():
+            fetch = time.perf_counter()
             for images, labels in _progress(loader, "eval", progress):
+                waited += time.perf_counter() - fetch
                 with autocast(device, use_amp):
                     logits = model(images.to(device, non_blocking=True))
                 correct += int((logits.argmax(dim=-1).cpu() == labels).sum())
                 total += int(labels.numel())
+                fetch = time.perf_counter()
     finally:
         model.train(was_training)
+        if timing is not None:
+            timing["data"] = timing.get("data", 0.0) + waited
     return correct, total
 
 
 def _evaluate_sharded(model: nn.Module, dataset, dist: Distributed, batch_size: int, **kwargs) -> float:
     """Accuracy over ``dataset``: each rank counts its shard (every W-th item), counts are summed."""
     if not dist.enabled:
-        return evaluate(model, dataset, batch_size, **kwargs)
+        if len(dataset) == 0:
+            raise ValueError("evaluation dataset is empty")
+        correct, total = _correct_and_total(model, dataset, batch_size, **kwargs)
+        return 100.0 * correct / total
     shard = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
     counts = torch.tensor(_correct_and_total(model, shard, batch_size, **kwargs), dtype=torch.float64)
     correct, total = dist.all_reduce_sum(counts).tolist()
@@ -150,8 +161,10 @@ def _train_loader(dataset, config: RunConfig, epoch: int, device: torch.device,
     """This epoch's loader (this rank's slice of each seeded global batch) and the global batch sizes."""
     sampler = GlobalBatchSampler(len(dataset), config.schedule.batch_size, config.schedule.drop_last,
                                  derive_seed(config.seed, "order", epoch), dist.world_size, dist.rank)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.data.workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(derive_seed(config.seed, "loader", epoch)))
+    loader = DataLoader(batched(dataset), batch_sampler=sampler, num_workers=config.data.workers,
+                        pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(derive_seed(config.seed, "loader", epoch)),
+                        collate_fn=collate)
     return loader, [len(batch) for batch in sampler.batches()]
 
 
@@ -161,8 +174,8 @@ def _first_batches(dataset, count: int, batch_size: int, seed_key: tuple | None)
     if seed_key is not None:
         seed_all(derive_seed(*seed_key))  # augmentation, if any, draws from the global RNGs
         generator = torch.Generator().manual_seed(derive_seed(*seed_key, "order"))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=seed_key is not None, drop_last=False,
-                        num_workers=0, generator=generator)
+    loader = DataLoader(batched(dataset), batch_size=batch_size, shuffle=seed_key is not None, drop_last=False,
+                        num_workers=0, generator=generator, collate_fn=collate)
     batches = []
     for batch in loader:
         batches.append(batch)
@@ -310,15 +323,19 @@ class _LearningRate:
 
 # -------------------------------------------------------------------------------- training
 def _train_epoch(model, loader, sizes, optimizer, device, use_amp, show, desc, lr,
-                 dist: Distributed) -> tuple[float, int, float]:
-    """One epoch; returns (mean loss over steps, images, seconds). Under DDP each rank's loss is its
-    slice's sum / global batch · world size, so the averaged gradient is the global mean's."""
+                 dist: Distributed) -> tuple[float, int, float, float]:
+    """One epoch; returns (mean loss over steps, images, seconds, seconds spent waiting for batches).
+    Under DDP each rank's loss is its slice's sum / global batch · world size, so the averaged
+    gradient is the global mean's."""
     model.train()
     total_loss, images_seen, steps = 0.0, 0, 0
     start = time.perf_counter()
+    waited = 0.0
     bar = _progress(loader, desc, show, total=len(loader))
     with _data_errors():
+        fetch = time.perf_counter()
         for (images, labels), global_size in zip(bar, sizes):
+            waited += time.perf_counter() - fetch
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with autocast(device, use_amp):
@@ -343,8 +360,9 @@ def _train_epoch(model, loader, sizes, optimizer, device, use_amp, show, desc, l
             if show:
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{total_loss / steps:.4f}", lr=f"{lr:.2e}", img_s=f"{images_seen / elapsed:.1f}")
+            fetch = time.perf_counter()
     seconds = time.perf_counter() - start
-    return total_loss / max(steps, 1), images_seen, seconds
+    return total_loss / max(steps, 1), images_seen, seconds, waited
 
 
 def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: dict | None = None) -> dict:
@@ -528,28 +546,40 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
 
     try:
         for epoch in range(progress["epoch"] + 1, s.epochs):
+            hooks_start = time.perf_counter()
             notes = act(schedule.on_epoch_start(epoch), epoch - 1) if schedule is not None else []
+            hooks = time.perf_counter() - hooks_start
             lr = learning_rate(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             seed_all(derive_seed(config.seed, "epoch", epoch))
             loader, sizes = _train_loader(train_data, config, epoch, device, dist)
             desc = f"epoch {epoch + 1}/{s.epochs}"
-            loss, images, seconds = _train_epoch(forward_module(), loader, sizes, optimizer, device, use_amp, show_bar,
-                                                 desc, lr, dist)
+            loss, images, seconds, waited = _train_epoch(forward_module(), loader, sizes, optimizer, device, use_amp,
+                                                         show_bar, desc, lr, dist)
+            # seconds: the training epoch (data_seconds of it waiting for batches); schedule_seconds:
+            # the method schedule's hooks (scoring, selection); eval_*: the evaluation after it
             entry = {"epoch": epoch, "lr": lr, "train_loss": loss,
                      "phase": schedule.phase(epoch) if schedule is not None else "train",
-                     "images": images, "seconds": round(seconds, 4),
+                     "images": images, "seconds": round(seconds, 4), "data_seconds": round(waited, 4),
                      "images_per_s": round(images / seconds, 2) if seconds > 0 else None, "eval_accuracy": None}
             if schedule is not None:
+                hooks_start = time.perf_counter()
                 notes += act(schedule.on_epoch_end(epoch), epoch)
+                hooks += time.perf_counter() - hooks_start
+            entry["schedule_seconds"] = round(hooks, 4)
             if notes:
                 entry["events"] = notes
             if epoch == s.epochs - 1 or (s.eval_every > 0 and (epoch + 1) % s.eval_every == 0):
+                timing: dict = {}
+                eval_start = time.perf_counter()
                 with paused():
                     accuracy = _evaluate_sharded(model, task.eval, dist, eval_batch, device=device,
-                                                 workers=config.data.workers, amp=use_amp, progress=show_bar)
+                                                 workers=config.data.workers, amp=use_amp, progress=show_bar,
+                                                 timing=timing)
                 entry["eval_accuracy"] = accuracy
+                entry["eval_seconds"] = round(time.perf_counter() - eval_start, 4)
+                entry["eval_data_seconds"] = round(timing.get("data", 0.0), 4)
                 progress["evaluations"].append({"epoch": epoch, "accuracy": accuracy})
             progress["curve"].append(entry)
             progress["train_images"] += images
@@ -584,7 +614,7 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         "data": {"kind": config.data.kind, "root": config.data.root, "task": task.name, "split": config.data.split,
                  "train_split": task.manifest.get("train_split"), "eval_split": task.manifest.get("eval_split"),
                  "num_classes": task.num_classes, "train_images": len(train_data), "eval_images": len(task.eval),
-                 "held_out": held_out_info,
+                 "held_out": held_out_info, "cache": task.cache,
                  "fingerprint": None if fingerprint is None else {k: fingerprint[k] for k in ("method", "images", "sha256")},
                  "manifest_hash": task.manifest_hash, "manifest": task.manifest, "warnings": list(task.warnings)},
         "schedule": learning_rate.to_dict(),
