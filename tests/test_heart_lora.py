@@ -367,3 +367,18 @@ def test_explicit_select_is_never_overridden_on_swin():
 def test_fraction_keeps_one_head_per_layer():
     masks = heartlora.select_heads([torch.zeros(2), torch.zeros(4)], select="fraction", fraction=0.8)
     assert [int(m.sum()) for m in masks] == [1, 1]
+
+
+def test_integer_head_counts_stay_integers_whatever_union_spelling_typing_cached():
+    # typing caches Union[str, int] and Union[int, str] as one object: once a library (torch.compile
+    # does) has built the str-first spelling, get_args of the option's hint lists str first
+    import typing
+
+    from heartlora.methods.base import _coerce
+
+    hint = typing.Union[str, int, None]  # what get_args returns then, however the option is written
+    assert typing.get_args(hint)[0] is str
+    assert _coerce(1, hint, "ne", "heart-lora") == 1 and _coerce("2", hint, "ne", "heart-lora") == 2
+    assert _coerce("auto", hint, "ne", "heart-lora") == "auto"
+    model = tiny_vit()
+    heartlora.apply(model, "heart-lora", ne=1)

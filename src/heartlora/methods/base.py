@@ -213,12 +213,16 @@ def _coerce(value: Any, hint: Any, key: str, method: str) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)) and args:
         if isinstance(value, str) and value.lower() in ("none", "null", ""):
             return None
-        for candidate in args[:-1]:  # e.g. Union[int, str]: an int if it is one, else the string
+        # e.g. Union[int, str]: an int if it is one, else the string. str goes last whatever the
+        # written order: typing caches Union[str, int] and Union[int, str] as one object, so the
+        # order get_args returns depends on which spelling some library (e.g. torch.compile) built first.
+        ordered = sorted(args, key=lambda a: a is str)
+        for candidate in ordered[:-1]:
             try:
                 return _coerce(value, candidate, key, method)
             except ValueError:
                 continue
-        return _coerce(value, args[-1], key, method)
+        return _coerce(value, ordered[-1], key, method)
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(i).strip() for i in items if str(i).strip())
