@@ -232,6 +232,21 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     verify.add_argument("--allow-outside-root", action="store_true",
                         help="accept list lines whose image path is absolute or leaves the data folder via '..'")
     verify.set_defaults(func=_cmd_verify)
+    mini = data_sub.add_parser(
+        "make-mini-vtab", formatter_class=_Formatter, help="build the mini-VTAB (real images, offline) into OUT",
+        description="Write the mini-VTAB into OUT in the VTAB-1K layout: natural: digits (scikit-learn's "
+                    "handwritten digits); structured: fmnist_orientation, fmnist_position, fmnist_count, "
+                    "fmnist_scale (Fashion-MNIST TEST images only, rotated / placed / counted / scaled on a 32x32 "
+                    "canvas). 32x32 PNGs, 800 train800 / 200 val200 / 800 test images per task (digits: 797 test), "
+                    "and OUT/mini_vtab.json (groups, classes, manifest hashes). The same --seed writes "
+                    "byte-identical files; rerunning on a finished build does nothing.")
+    mini.add_argument("out", metavar="OUT", help="data root to write (the task folders go directly below it)")
+    mini.add_argument("--seed", type=_nonneg_int, default=0, help="data seed (splits, labels, placements)")
+    mini.add_argument("--fmnist", default=None, metavar="DIR",
+                      help="folder holding Fashion-MNIST's t10k-images-idx3-ubyte[.gz] (default: Debian's "
+                           "/usr/share/datasets/fashion-mnist, from `apt-get install dataset-fashion-mnist`)")
+    mini.add_argument("--tasks", type=_csv_list, default=None, help="comma list of tasks (default: all five)")
+    mini.set_defaults(func=_cmd_make_mini_vtab)
 
     _bench_parsers(sub, suppress)
     _serving_parsers(sub)
@@ -760,6 +775,15 @@ def _cmd_verify(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     check_images=args.check_images, allow_outside_root=args.allow_outside_root)
     print(json.dumps(report, indent=2) if args.json else format_verify_report(report))
     return 0 if report["ok"] else EXIT_FAILURE
+
+
+def _cmd_make_mini_vtab(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .data.minivtab import build_mini_vtab, format_registry
+
+    registry = build_mini_vtab(args.out, args.seed, fmnist=args.fmnist, tasks=args.tasks,
+                               log=lambda line: print(line, file=sys.stderr))
+    print(format_registry(registry, args.out))
+    return 0
 
 
 def _format_value(value: Any) -> str:
