@@ -118,8 +118,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, protoc
           "A row pools records that differ only in their seed; any other difference (an option taking several "
           "values within a task, a different recipe) makes a separate row, named by what differs. Cells: top-1 "
           "accuracy (%), mean ± std over the row's n seeds (– : one seed, no spread); the CSV files add the 95% "
-          "t-interval. 'Average (of groups)' is the mean of the Natural, Specialized and Structured means (the "
-          "literature's Average); 'Mean (tasks)' is the plain mean over the tasks present. Params and bytes "
+          "t-interval. 'Average (of groups)' is the mean of the group means (VTAB-1K: of the Natural, Specialized "
+          "and Structured means, the literature's Average); 'Mean (tasks)' is the plain mean over the tasks present. Params and bytes "
           "exclude the classifier. Best mean per column in bold.", ""]
     notes = _options_notes(variants)
     if notes:
@@ -147,7 +147,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, protoc
         members = "; ".join(f"{group_column(g)}: {', '.join(tasks)}" for g, tasks in groups.items())
         md += [f"## {title}", "", markdown(table), "",
                f"{title} groups ({members}); group means cover the tasks present; 'Average (of groups)' is the "
-               f"mean of the {len(groups)} group means.", ""]
+               f"mean of the {' and '.join(group_column(g) for g in groups)} means.", ""]
         _table_files(table, variants, protocol, stem, out, tabulated, written, suite)
     folder = vtab_table(variants, protocol, "folder") if any(v.kind == "folder" for v in variants) else None
     if folder is not None:
