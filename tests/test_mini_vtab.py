@@ -256,3 +256,11 @@ def test_suite_pipeline_on_tiny_data(only_test_file, tmp_path):
     assert written["responsiveness_png"].is_file()
     text = "\n".join(lines)
     assert "## mini-VTAB" in text and "Task dependence of head responsiveness" in text and "total wall time" in text
+
+
+def test_demo_options_of_the_other_suite_are_usage_errors(capsys):
+    assert main(["demo", "--seeds", "1,2"]) == 2
+    assert "only for --suite mini-vtab" in capsys.readouterr().err
+    assert main(["demo", "--suite", "mini-vtab", "--tasks", "cifar"]) == 2
+    assert "unknown mini-VTAB task 'cifar'" in capsys.readouterr().err
+    assert main(["data", "make-mini-vtab", "x", "--tasks", "nope"]) == 2

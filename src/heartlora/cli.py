@@ -810,7 +810,12 @@ def _cmd_verify(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _cmd_make_mini_vtab(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .data.minivtab import build_mini_vtab, format_registry
+    from .data.tasks import MINI_VTAB_TASKS
 
+    unknown = [t for t in args.tasks or () if t not in MINI_VTAB_TASKS]
+    if unknown:
+        raise ConfigError(f"option '--tasks': unknown mini-VTAB task {unknown[0]!r}; expected some of "
+                          f"{', '.join(MINI_VTAB_TASKS)}")
     registry = build_mini_vtab(args.out, args.seed, fmnist=args.fmnist, tasks=args.tasks,
                                log=lambda line: print(line, file=sys.stderr))
     print(format_registry(registry, args.out))

@@ -160,10 +160,9 @@ def digits_splits(seed: int = 0, size: int | None = None, sizes: Mapping[str, in
     stems are the digits' own indices)."""
     images, targets = digits_images(size)
     order = np.random.default_rng(seed).permutation(len(images))
-    n_train, n_val = (sizes or {}).get("train800", 800), (sizes or {}).get("val200", 200)
-    n_test = (sizes or {}).get("test", len(images) - 1000)
-    parts = {"train800": order[:n_train], "val200": order[n_train:n_train + n_val],
-             "test": order[1000:1000 + n_test] if sizes else order[1000:]}
+    sizes = sizes or {}
+    n_train, n_val, n_test = sizes.get("train800", 800), sizes.get("val200", 200), sizes.get("test", len(images))
+    parts = {"train800": order[:n_train], "val200": order[n_train:n_train + n_val], "test": order[1000:][:n_test]}
     return {split: [(f"{i:04d}", images[i], int(targets[i])) for i in indices] for split, indices in parts.items()}
 
 
