@@ -241,6 +241,21 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     verify.add_argument("--allow-outside-root", action="store_true",
                         help="accept list lines whose image path is absolute or leaves the data folder via '..'")
     verify.set_defaults(func=_cmd_verify)
+    mini = data_sub.add_parser(
+        "make-mini-vtab", formatter_class=_Formatter, help="build the mini-VTAB (real images, offline) into OUT",
+        description="Write the mini-VTAB into OUT in the VTAB-1K layout: natural: digits (scikit-learn's "
+                    "handwritten digits); structured: fmnist_orientation, fmnist_position, fmnist_count, "
+                    "fmnist_scale (Fashion-MNIST TEST images only, rotated / placed / counted / scaled on a 32x32 "
+                    "canvas). 32x32 PNGs, 800 train800 / 200 val200 / 800 test images per task (digits: 797 test), "
+                    "and OUT/mini_vtab.json (groups, classes, manifest hashes). The same --seed writes "
+                    "byte-identical files; rerunning on a finished build does nothing.")
+    mini.add_argument("out", metavar="OUT", help="data root to write (the task folders go directly below it)")
+    mini.add_argument("--seed", type=_nonneg_int, default=0, help="data seed (splits, labels, placements)")
+    mini.add_argument("--fmnist", default=None, metavar="DIR",
+                      help="folder holding Fashion-MNIST's t10k-images-idx3-ubyte[.gz] (default: Debian's "
+                           "/usr/share/datasets/fashion-mnist, from `apt-get install dataset-fashion-mnist`)")
+    mini.add_argument("--tasks", type=_csv_list, default=None, help="comma list of tasks (default: all five)")
+    mini.set_defaults(func=_cmd_make_mini_vtab)
 
     _bench_parsers(sub, suppress)
     _serving_parsers(sub)
@@ -387,6 +402,19 @@ def _bench_parsers(sub, suppress: bool) -> None:
                            help="controls beside the responsive choice (default: first,random,reverse; first only "
                                 "when head counts differ per layer, e.g. Swin)")
         p.set_defaults(func=_cmd_analyze)
+    dep = asub.add_parser(
+        "task-dependence", formatter_class=_Formatter, help="task x task agreement of head scores and selections",
+        description="For every pair of tasks, the agreement of Heart-LoRA runs' head scores (Spearman rank "
+                    "correlation per layer, averaged over layers) and of their switched-off heads (Jaccard), "
+                    "beside the agreement between seeds of the same task (diagonal: mean over its seed pairs; "
+                    "off-diagonal: mean over every pair of one run of each task). Prints the tables and a summary; "
+                    "writes task_dependence.csv / _pairs.csv / .txt / .json and a task x task heatmap (PDF + PNG).")
+    dep.add_argument("runs", nargs="+", metavar="RUN",
+                     help="finished run folders, or folders searched for runs of --method (e.g. a bench --out)")
+    dep.add_argument("--out", required=True, metavar="DIR")
+    dep.add_argument("--method", default="heart-lora",
+                     help="the method whose runs are taken from searched folders (run folders given are taken as they are)")
+    dep.set_defaults(func=_cmd_analyze)
     att = asub.add_parser("attention", formatter_class=_Formatter, help="attention maps of chosen heads",
                           description="Attention of chosen heads over the given images, one column per run and head "
                                       "(e.g. a heart-lora run and a bilora run), one shared colour scale. ViT: the "
@@ -399,15 +427,33 @@ def _bench_parsers(sub, suppress: bool) -> None:
     att.set_defaults(func=_cmd_analyze)
 
     demo = sub.add_parser("demo", formatter_class=_Formatter, help="the offline demo (shipped backbone, digits)",
-                          description="Transfer the shipped Fashion-MNIST ViT to scikit-learn's digits with "
-                                      "linear probe, LoRA, Heart-LoRA and Heart-LoRA†; prints a table and writes "
-                                      "run records, adapters and two PNGs.")
-    demo.add_argument("--epochs", type=_positive_int, default=10, help="epochs per method")
-    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder")
+                          description="--suite digits (default): transfer the shipped Fashion-MNIST ViT to "
+                                      "scikit-learn's digits with linear probe, LoRA, Heart-LoRA and Heart-LoRA†; "
+                                      "prints a table and writes run records, adapters and two PNGs. --suite "
+                                      "mini-vtab: build the mini-VTAB (heartlora data make-mini-vtab) under OUT/data, "
+                                      "run the same methods on its tasks with 3 seeds as a resumable bench sweep, "
+                                      "then heartlora report, analyze responsiveness and analyze task-dependence "
+                                      "(about 20 minutes on 2 CPU cores).")
+    demo.add_argument("--suite", choices=("digits", "mini-vtab"), default="digits", help="which demo")
+    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run (default: digits 10, "
+                                                                          "mini-vtab 5)")
+    demo.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/demo, "
+                                                                 "runs/demo-mini-vtab)")
     demo.add_argument("--methods", type=_csv_list, default=None, help="comma list (default: linear,lora,heart-lora,"
                                                                       "heart-lora-layer)")
-    demo.add_argument("--seed", type=_nonneg_int, default=42, help="run seed")
-    demo.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    demo.add_argument("--seed", type=_nonneg_int, default=None, help="run seed of the digits demo (default 42)")
+    demo.add_argument("--quiet", action="store_true", help="no per-epoch lines (digits)")
+    g = demo.add_argument_group("--suite mini-vtab")
+    g.add_argument("--seeds", type=_int_list, default=None, help="run seeds (default: 42,43,44)")
+    g.add_argument("--tasks", type=_csv_list, default=None,
+                   help="mini-VTAB tasks (default: digits,fmnist_orientation,fmnist_position,fmnist_count; "
+                        "fmnist_scale is built too)")
+    g.add_argument("--parallel", type=_positive_int, default=None, help="runs at a time, one process and one "
+                                                                        "thread each (default: 2)")
+    g.add_argument("--data-seed", type=_nonneg_int, default=0, help="seed of the mini-VTAB build")
+    g.add_argument("--fmnist", default=None, metavar="DIR",
+                   help="folder holding Fashion-MNIST's t10k-images-idx3-ubyte[.gz] (default: Debian's "
+                        "/usr/share/datasets/fashion-mnist)")
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -771,6 +817,20 @@ def _cmd_verify(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0 if report["ok"] else EXIT_FAILURE
 
 
+def _cmd_make_mini_vtab(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .data.minivtab import build_mini_vtab, format_registry
+    from .data.tasks import MINI_VTAB_TASKS
+
+    unknown = [t for t in args.tasks or () if t not in MINI_VTAB_TASKS]
+    if unknown:
+        raise ConfigError(f"option '--tasks': unknown mini-VTAB task {unknown[0]!r}; expected some of "
+                          f"{', '.join(MINI_VTAB_TASKS)}")
+    registry = build_mini_vtab(args.out, args.seed, fmnist=args.fmnist, tasks=args.tasks,
+                               log=lambda line: print(line, file=sys.stderr))
+    print(format_registry(registry, args.out))
+    return 0
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return ",".join(map(str, value))
@@ -873,6 +933,9 @@ def _cmd_analyze(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                          batches=args.score_batches, data=data, score=args.score)
     elif args.analysis == "attention":
         written = analyze.attention(args.runs, args.images, _parse_heads(args.heads), args.out)
+    elif args.analysis == "task-dependence":
+        written = analyze.task_dependence(args.runs, args.out, method=args.method)
+        print(Path(written["text"]).read_text())
     else:
         base = _config_from_args(argv, ANALYZE_KEYS)
         if not base.out:
@@ -898,7 +961,34 @@ def _cmd_analyze(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .demo import DEMO_METHODS, run_demo
 
-    run_demo(args.out, epochs=args.epochs, methods=args.methods or DEMO_METHODS, seed=args.seed, quiet=args.quiet)
+    methods = args.methods or DEMO_METHODS
+    if args.suite == "digits":
+        for option, value in (("--seeds", args.seeds), ("--tasks", args.tasks), ("--parallel", args.parallel),
+                              ("--fmnist", args.fmnist)):
+            if value is not None:
+                raise ConfigError(f"option '{option}': only for --suite mini-vtab (the digits demo takes --seed)")
+        run_demo(args.out or "runs/demo", epochs=args.epochs or 10, methods=methods,
+                 seed=42 if args.seed is None else args.seed, quiet=args.quiet)
+        return 0
+    from .data.tasks import MINI_VTAB_TASKS
+    from .demo_suite import SUITE_EPOCHS, SUITE_PARALLEL, SUITE_SEEDS, SUITE_TASKS, run_suite
+    from .methods.base import get_method
+
+    if args.seed is not None:
+        raise ConfigError("option '--seed': the mini-vtab suite takes --seeds (a comma list)")
+    tasks = args.tasks or list(SUITE_TASKS)
+    unknown = [t for t in tasks if t not in MINI_VTAB_TASKS]
+    if unknown:
+        raise ConfigError(f"option '--tasks': unknown mini-VTAB task {unknown[0]!r}; expected some of "
+                          f"{', '.join(MINI_VTAB_TASKS)}")
+    for method in methods:
+        try:
+            get_method(method)
+        except ValueError as err:
+            raise ConfigError(f"option '--methods': {err}") from None
+    run_suite(args.out or "runs/demo-mini-vtab", epochs=args.epochs or SUITE_EPOCHS, methods=methods,
+              seeds=args.seeds or list(SUITE_SEEDS), tasks=tasks, parallel=args.parallel or SUITE_PARALLEL,
+              data_seed=args.data_seed, fmnist=args.fmnist)
     return 0
 
 

@@ -17,8 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from .config import DataConfig, MethodConfig, ModelConfig, RunConfig, ScheduleConfig
 from .methods.base import get_method
 
@@ -48,32 +46,16 @@ def _digits_written(task_dir: Path) -> bool:
 
 
 def prepare_digits(root: str | Path, seed: int = 0) -> Path:
-    """Write scikit-learn's digits as a VTAB-1K-style task folder ``root/digits`` (idempotent)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    """Write scikit-learn's digits as a VTAB-1K-style task folder ``root/digits`` (idempotent;
+    native 8×8 images, which the loader resizes: the mini-VTAB's digits task is the same split
+    stored at 32×32)."""
+    from .data.minivtab import digits_splits, write_task_folder
 
     task_dir = Path(root) / TASK
     if _digits_written(task_dir):
         return task_dir
-    digits = load_digits()
-    images = (digits.images / 16.0 * 255.0).round().astype(np.uint8)  # 0..16 grey levels → 8-bit
-    order = np.random.default_rng(seed).permutation(len(images))
-    splits = {"train800": order[:800], "val200": order[800:1000], "test": order[1000:]}
     tmp = task_dir.with_name(f"{TASK}.tmp{os.getpid()}")  # per process: two demos may start together
-    lists = {}
-    for split, indices in splits.items():
-        folder = tmp / "images" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for i in indices:
-            name = f"images/{split}/{i:04d}.png"
-            Image.fromarray(images[i], mode="L").save(tmp / name)
-            lines.append(f"{name} {int(digits.target[i])}")
-        lists[split] = lines
-    lists["train800val200"] = lists["train800"] + lists["val200"]
-    for split, lines in lists.items():
-        (tmp / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    (tmp / "classes.txt").write_text("\n".join(str(c) for c in range(10)) + "\n")
+    write_task_folder(tmp, digits_splits(seed), [str(c) for c in range(10)])
     if _digits_written(task_dir):
         shutil.rmtree(tmp)  # another process finished the same folder first
         return task_dir
@@ -94,12 +76,15 @@ DEMO_SCORE_EPOCHS = 3
 DEMO_HEADS_OFF = 1
 
 
-def demo_config(out: Path, epochs: int, seed: int, quiet: bool) -> RunConfig:
+def demo_config(out: Path, epochs: int, seed: int, quiet: bool, data_root: Path | None = None,
+                task: str | None = TASK) -> RunConfig:
+    """The demo recipe on ``task`` under ``data_root`` (default: ``out/data``, the digits)."""
     model, meta = demo_backbone()
+    root = (data_root if data_root is not None else out / "data").resolve()
     return RunConfig(
         model=model,
         method=MethodConfig("heart-lora", {}),
-        data=DataConfig(kind="vtab", root=str((out / "data").resolve()), task=TASK, image_size=meta["image_size"][-1],
+        data=DataConfig(kind="vtab", root=str(root), task=task, image_size=meta["image_size"][-1],
                         normalize=meta.get("normalisation", "none"), workers=0, check_images=True),
         schedule=ScheduleConfig(epochs=epochs, warmup_epochs=DEMO_WARMUP_EPOCHS, lr=DEMO_LR, batch_size=32,
                                 eval_every=5, eval_batch_size=256),
@@ -107,11 +92,11 @@ def demo_config(out: Path, epochs: int, seed: int, quiet: bool) -> RunConfig:
     )
 
 
-def demo_method_options(method: str, epochs: int) -> dict:
+def demo_method_options(method: str, epochs: int, score_epochs: int = DEMO_SCORE_EPOCHS) -> dict:
     """The demo's options for ``method``: Heart-LoRA's head count and scoring epochs."""
     if not get_method(method).selects_heads:
         return {}
-    return {"score_epochs": max(1, min(DEMO_SCORE_EPOCHS, epochs - 1)), "ne": DEMO_HEADS_OFF}
+    return {"score_epochs": max(1, min(score_epochs, epochs - 1)), "ne": DEMO_HEADS_OFF}
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 10, methods: Sequence[str] = DEMO_METHODS,

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator  # noqa: E402
 
 PNG_DPI = 300
@@ -327,6 +328,50 @@ def plot_attention(images: Sequence[np.ndarray], image_names: Sequence[str], col
                                  color=OFF_COLOR if column.get("off") else "black", fontsize=7)
         bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8, pad=0.01)
         bar.set_label(colorbar_label)
+    return save_figure(fig, path)
+
+
+# ----- task × task agreement (task dependence of head scores) -------------------------------------
+def plot_agreement(panels: Mapping[str, tuple], tasks: Sequence[str], path: str | Path, note: str = "",
+                   spans: Sequence[tuple[str, int]] = ()) -> FigureFiles:
+    """Task × task heatmaps, one panel per measure: ``{title: (matrix, (vmin, vmax))}`` with
+    ``matrix[i][j]`` the agreement of tasks i and j (NaN: no pair; drawn grey). Diagonal cells
+    (between seeds of one task) are framed; each cell shows its value; ``spans`` (group name,
+    task count) draws group boundaries."""
+    with plt.rc_context(_STYLE):
+        n = len(tasks)
+        side = max(2.6, 0.62 * n + 1.4)
+        fig, axes = _figure(1, len(panels), figsize=(side * len(panels) + 0.9 * len(panels), side + 0.9),
+                            squeeze=False)
+        for ax, (title, (matrix, limits)) in zip(axes[0], panels.items()):
+            grid = np.asarray(matrix, dtype=float)
+            diverging = limits[0] < 0
+            cmap = plt.get_cmap("RdBu_r" if diverging else "viridis").copy()
+            cmap.set_bad("#f0f0f0")
+            image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=limits[0], vmax=limits[1],
+                              interpolation="nearest")
+            for i in range(n):
+                for j in range(n):
+                    value = grid[i, j]
+                    if np.isfinite(value):
+                        shade = (value - limits[0]) / (limits[1] - limits[0])
+                        dark = (abs(shade - 0.5) > 0.3) if diverging else shade < 0.55
+                        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if dark else "black")
+                ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2))
+            edge = 0
+            for _, count in list(spans)[:-1]:
+                edge += count
+                ax.axhline(edge - 0.5, color="0.2", linewidth=1.0)
+                ax.axvline(edge - 0.5, color="0.2", linewidth=1.0)
+            ax.set_xticks(range(n))
+            ax.set_xticklabels(tasks, rotation=35, ha="right")
+            ax.set_yticks(range(n))
+            ax.set_yticklabels(tasks)
+            ax.set_title(title)
+            fig.colorbar(image, ax=ax, shrink=0.8, pad=0.02)
+        if note:
+            fig.supxlabel(note, fontsize=7)
     return save_figure(fig, path)
 
 

@@ -18,21 +18,25 @@ def _groups() -> dict[str, list[str]]:
     return VTAB_GROUPS
 
 
-def group_means(per_task: Mapping[str, float]) -> dict:
+def group_means(per_task: Mapping[str, float], groups: Mapping[str, list[str]] | None = None) -> dict:
     """``{natural, specialized, structured}`` means over the tasks present, ``average`` (mean of
     group means, only when every group has a task), ``mean_tasks`` (plain mean over every task
     given) and ``complete`` (all 19 tasks present). Tasks of one's own in the VTAB layout (not
-    among the 19) enter only ``mean_tasks``."""
+    among the 19) enter only ``mean_tasks``.
+
+    ``groups``: another suite's ``{group: [tasks]}`` (e.g. ``MINI_VTAB_GROUPS``); its group names
+    replace the three, and ``average`` is the mean of its group means."""
     from ..data.tasks import lookup_task
 
+    groups = _groups() if groups is None else groups
     scores = {lookup_task(t, "vtab") or t: float(v) for t, v in per_task.items()}
     out: dict = {}
     missing = []
-    for group, tasks in _groups().items():
+    for group, tasks in groups.items():
         present = [scores[t] for t in tasks if t in scores]
         missing += [t for t in tasks if t not in scores]
         out[group] = statistics.fmean(present) if present else None
-    means = [out[g] for g in _groups()]
+    means = [out[g] for g in groups]
     out["average"] = statistics.fmean(means) if all(m is not None for m in means) else None
     out["mean_tasks"] = statistics.fmean(scores.values()) if scores else None
     out["complete"] = not missing

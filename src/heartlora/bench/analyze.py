@@ -8,6 +8,8 @@
   run of the same seed, per task, with 95% intervals over seeds (Figure 3).
 - ``ne_sweep``: accuracy vs ``ne`` per task, bands over seeds (Figure 4).
 - ``attention``: attention maps of chosen heads over the input images, runs side by side (Figure 5).
+- ``task_dependence``: task × task agreement of the head scores (Spearman) and switched-off sets
+  (Jaccard) of Heart-LoRA runs, against the agreement between seeds of one task.
 
 Training analyses go through :mod:`heartlora.bench.sweep`, so they resume and skip finished runs.
 """
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..fsio import atomic_write
-from ..plots import plot_attention, plot_grouped_bars, plot_lines, plot_responsiveness
+from ..plots import plot_agreement, plot_attention, plot_grouped_bars, plot_lines, plot_responsiveness
 from .aggregate import summarize
 from .sweep import RUN_NAME, make_cell, read_record, run_cells
 
@@ -372,6 +374,213 @@ def ne_sweep(base, tasks: Sequence[str], out_dir: str | Path, ne_values: Sequenc
     figure = plot_lines(series, out / "ne_sweep", "heads switched off per layer (ne)", "test accuracy (%)",
                         title=f"{method}: accuracy vs ne ({protocol} protocol)", band=band, clip=(0.0, 100.0))
     return _files({}, figure, {"csv": out / "ne_sweep.csv"})
+
+
+# ----- task dependence of head scores ----------------------------------------------------------------
+AGREEMENTS = {"spearman": "Spearman rank correlation of head scores (per layer, mean over layers)",
+              "jaccard": "Jaccard overlap of the switched-off heads"}
+
+
+def switched_off(heads: dict) -> set[tuple[int, int]]:
+    """The (layer, head) pairs a run's ``heads`` block switched off."""
+    return {(layer, head) for layer, row in enumerate(heads.get("head_masks") or [])
+            for head, active in enumerate(row) if not active}
+
+
+def head_agreement(a: dict, b: dict) -> dict[str, float]:
+    """Agreement of two runs' ``heads`` blocks: ``spearman`` (rank correlation of the head scores
+    in each layer, averaged over the layers where it is defined) and ``jaccard`` (|A∩B| / |A∪B| of
+    the switched-off sets; NaN when neither switched any head off)."""
+    rhos = [spearman(x, y) for x, y in zip(a["scores"], b["scores"])]
+    rhos = [r for r in rhos if r == r]
+    off_a, off_b = switched_off(a), switched_off(b)
+    union = off_a | off_b
+    return {"spearman": float(np.mean(rhos)) if rhos else float("nan"),
+            "jaccard": len(off_a & off_b) / len(union) if union else float("nan")}
+
+
+def _find_head_runs(paths: Sequence[str | Path], method: str | None) -> list[Path]:
+    """Run folders: each path itself when it holds a run.json, else every run below it (of
+    ``method``, when given)."""
+    found: list[Path] = []
+    for given in map(Path, paths):
+        if (given / RUN_NAME).is_file():
+            found.append(given)
+            continue
+        if not given.is_dir():
+            raise FileNotFoundError(f"{given}: no such run folder")
+        below = []
+        for path in sorted(given.rglob(RUN_NAME)):
+            record = read_run_record(path.parent)
+            if method is None or (record.get("config") or {}).get("method", {}).get("name") == method:
+                below.append(path.parent)
+        if not below:
+            raise AnalysisError(f"{given}: no run records{f' of {method}' if method else ''} below it")
+        found += below
+    return list(dict.fromkeys(found))
+
+
+def _task_order(tasks: set[str]) -> tuple[list[str], list[tuple[str, int]], dict[str, str]]:
+    """Tasks in their suite's group order (then any others, sorted), the group spans and each task's group."""
+    from ..data.tasks import TASK_SUITES
+
+    ordered, spans, group_of = [], [], {}
+    for _, groups in TASK_SUITES.values():
+        for group, members in groups.items():
+            present = [t for t in members if t in tasks and t not in group_of]
+            if present:
+                ordered += present
+                spans.append((group, len(present)))
+                group_of.update({t: group for t in present})
+    own = sorted(tasks - set(ordered))
+    if own:
+        spans.append(("other", len(own)))
+        group_of.update({t: "other" for t in own})
+    return ordered + own, spans, group_of
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def task_dependence(run_dirs: Sequence[str | Path], out_dir: str | Path, method: str | None = "heart-lora",
+                    log=print) -> dict[str, Path]:
+    """How task-specific the head scores and selections are: for every pair of tasks, the mean
+    :func:`head_agreement` over the pairs of their runs (every seed of one with every seed of the
+    other), beside the agreement between the seeds of one task (diagonal: mean over its seed
+    pairs). ``run_dirs``: run folders, or folders searched for runs of ``method``. Writes
+    ``task_dependence.csv`` (matrix entries), ``task_dependence_pairs.csv`` (every run pair),
+    ``task_dependence.txt`` (the printed tables and summary) and the heatmaps (PDF + PNG)."""
+    out = Path(out_dir)
+    runs = []
+    for run_dir in _find_head_runs(run_dirs, method):
+        record = read_run_record(run_dir)
+        heads = record.get("heads") or {}
+        if not heads.get("scores") or not heads.get("head_masks"):
+            raise AnalysisError(f"{Path(run_dir) / RUN_NAME}: no head scores (a run of a head-selecting method, "
+                                "heart-lora or heart-lora-layer, is needed)")
+        runs.append({"dir": Path(run_dir), "task": record["data"]["task"], "seed": int(record["seed"]),
+                     "method": record["config"]["method"]["name"], "heads": heads})
+    if len(runs) < 2:
+        raise AnalysisError("analyze task-dependence: needs at least two runs with head scores "
+                            f"(got {len(runs)})")
+    seen: dict[tuple, Path] = {}
+    for run in runs:
+        key = (run["task"], run["seed"])
+        if key in seen:
+            raise AnalysisError(f"{seen[key]} and {run['dir']}: two runs of task '{run['task']}' with seed "
+                                f"{run['seed']}; pass one run per task and seed (e.g. one method's runs)")
+        seen[key] = run["dir"]
+    shape = [len(row) for row in runs[0]["heads"]["scores"]]
+    kinds = {run["heads"].get("score") for run in runs}
+    for run in runs[1:]:
+        if [len(row) for row in run["heads"]["scores"]] != shape:
+            raise AnalysisError(f"{run['dir'] / RUN_NAME}: heads per layer {[len(r) for r in run['heads']['scores']]}, "
+                                f"but {runs[0]['dir'] / RUN_NAME} has {shape}; compare runs of one backbone")
+    if len(kinds) > 1:
+        raise AnalysisError(f"analyze task-dependence: the runs used different score kinds ({', '.join(map(str, kinds))}); "
+                            "compare runs of one score kind")
+    tasks, spans, group_of = _task_order({run["task"] for run in runs})
+    index = {t: i for i, t in enumerate(tasks)}
+    cells: dict[str, dict[tuple[int, int], list[float]]] = {m: defaultdict(list) for m in AGREEMENTS}
+    cross_by_seed: dict[str, dict[bool, list[float]]] = {m: {True: [], False: []} for m in AGREEMENTS}
+    pair_rows = []
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            agreement = head_agreement(a["heads"], b["heads"])
+            ia, ib = sorted((index[a["task"]], index[b["task"]]))
+            for metric, value in agreement.items():
+                cells[metric][(ia, ib)].append(value)
+                if ia != ib:
+                    cross_by_seed[metric][a["seed"] == b["seed"]].append(value)
+            pair_rows.append([a["task"], b["task"], a["seed"], b["seed"], str(a["dir"]), str(b["dir"]),
+                              agreement["spearman"], agreement["jaccard"]])
+    n = len(tasks)
+    matrices = {m: np.full((n, n), np.nan) for m in AGREEMENTS}
+    rows = []
+    for metric in AGREEMENTS:
+        for (ia, ib), values in sorted(cells[metric].items()):
+            finite = [v for v in values if v == v]
+            mean = _mean(values)
+            matrices[metric][ia, ib] = matrices[metric][ib, ia] = mean
+            rows.append([metric, tasks[ia], tasks[ib], group_of[tasks[ia]], group_of[tasks[ib]],
+                         "seeds of one task" if ia == ib else "across tasks", mean,
+                         float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"), len(finite)])
+
+    def entries(metric: str, diagonal: bool, groups: tuple[str, str] | None = None) -> list[float]:
+        m = matrices[metric]
+        picked = []
+        for i in range(n):
+            for j in range(i, n):
+                if (i == j) != diagonal or not m[i, j] == m[i, j]:
+                    continue
+                if groups is not None and {group_of[tasks[i]], group_of[tasks[j]]} != set(groups):
+                    continue
+                picked.append(float(m[i, j]))
+        return picked
+
+    summary = {}
+    for metric in AGREEMENTS:
+        summary[metric] = {"within": _mean(entries(metric, True)), "across": _mean(entries(metric, False)),
+                           "across_same_seed": _mean(cross_by_seed[metric][True]),
+                           "across_other_seeds": _mean(cross_by_seed[metric][False])}
+    group_names = list(dict.fromkeys(group_of[t] for t in tasks))
+    group_pairs = [(g, h) for i, g in enumerate(group_names) for h in group_names[i:]]
+    methods = sorted({run["method"] for run in runs})
+    seeds_per_task = {t: sorted(run["seed"] for run in runs if run["task"] == t) for t in tasks}
+    lines = [f"Task dependence of head responsiveness: {len(runs)} runs of {', '.join(methods)} on {n} tasks "
+             f"(score: {next(iter(kinds))}; seeds per task: "
+             + ", ".join(f"{t} {len(s)}" for t, s in seeds_per_task.items()) + ")",
+             "diagonal: mean over the seed pairs of one task; off-diagonal: mean over every pair of one run of each "
+             "task", ""]
+    width = max(len(t) for t in tasks) + 2
+    for metric, title in AGREEMENTS.items():
+        lines.append(title)
+        lines.append(" " * width + "".join(f"{t:>{width}}" for t in tasks))
+        for i, task in enumerate(tasks):
+            values = [matrices[metric][i, j] for j in range(n)]
+            lines.append(f"{task:<{width}}" + "".join(f"{f'{v:.2f}' if v == v else '–':>{width}}" for v in values))
+        lines.append("")
+
+    def both(key: str) -> str:
+        return ", ".join(f"{metric} {summary[metric][key]:.2f}" for metric in AGREEMENTS)
+
+    lines.append(f"within-task (between seeds): {both('within')}  |  across tasks: {both('across')} "
+                 f"(same seed: {both('across_same_seed')}; different seeds: {both('across_other_seeds')})")
+    def members(group: str) -> str:
+        return ", ".join(t for t in tasks if group_of[t] == group)
+
+    group_text = []
+    for g, h in group_pairs:
+        values = {metric: _mean(entries(metric, False, (g, h))) for metric in AGREEMENTS}
+        if all(v != v for v in values.values()):
+            continue
+        label = f"{g} vs {g} (different tasks)" if g == h else f"{g} ({members(g)}) vs {h} ({members(h)})"
+        group_text.append(f"{label}: " + ", ".join(f"{m} {v:.2f}" for m, v in values.items()))
+        summary.setdefault("groups", {})[f"{g}|{h}"] = values
+    if group_text:
+        lines.append("across tasks by group: " + "; ".join(group_text))
+    if any(len(s) < 2 for s in seeds_per_task.values()):
+        lines.append("tasks with one seed have no diagonal entry (–)")
+    text = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "task_dependence.csv", _csv_bytes(
+        [["measure", "task_a", "task_b", "group_a", "group_b", "pairs_of", "mean", "std", "n_pairs"], *rows]))
+    atomic_write(out / "task_dependence_pairs.csv", _csv_bytes(
+        [["task_a", "task_b", "seed_a", "seed_b", "run_a", "run_b", "spearman", "jaccard"], *pair_rows]))
+    atomic_write(out / "task_dependence.txt", (text + "\n").encode())
+    atomic_write(out / "task_dependence.json", (json.dumps(
+        {"tasks": tasks, "groups": group_of, "summary": summary,
+         "matrices": {m: [[None if v != v else v for v in row] for row in matrices[m].tolist()] for m in AGREEMENTS}},
+        indent=2) + "\n").encode())
+    panels = {"head scores: Spearman ρ\n(per layer, mean over layers)": (matrices["spearman"], (-1.0, 1.0)),
+              "switched-off heads: Jaccard": (matrices["jaccard"], (0.0, 1.0))}
+    figure = plot_agreement(panels, tasks, out / "task_dependence",
+                            note=f"framed diagonal: between seeds of one task; {len(runs)} runs of {', '.join(methods)}",
+                            spans=spans)
+    return _files({"text": out / "task_dependence.txt", "json": out / "task_dependence.json"}, figure,
+                  {"csv": out / "task_dependence.csv", "pairs_csv": out / "task_dependence_pairs.csv"})
 
 
 # ----- attention maps -----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ carry the protocol in their names and state it inside:
 - ``vtab_<protocol>.csv`` / ``.tex`` / ``_seeds.csv``: VTAB-1K per task, group means, "Average (of
   groups)" (the literature's mean of the three group means) and "Mean (tasks)"; the ``_seeds`` file
   has one line per record;
+- ``minivtab_<protocol>.*``: the same for the mini-VTAB tasks (``heartlora data make-mini-vtab``),
+  with its own groups (``TASK_SUITES``) and the mean of its group means;
 - ``fewshot_<protocol>.*``: accuracy per dataset × shots and the average over datasets, plus the
   accuracy-vs-shots figure; ``folder_<protocol>.*`` for ImageFolder tasks;
 - ``accuracy_vs_bytes_<protocol>.pdf/.png``: accuracy against stored adapter bytes, Pareto front;
@@ -25,12 +27,13 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data import VTAB_TASKS
+from ..data.tasks import TASK_SUITES
 from ..fsio import atomic_write
 from ..plots import plot_accuracy_vs_bytes, plot_fewshot
 from .aggregate import summarize
 from .reference import compare, comparison_csv, comparison_markdown, load_reference
-from .tables import (PROTOCOL_TEXT, Table, caption, fewshot_tables, latex, markdown, seeds_csv, summary_csv,
-                     vtab_table)
+from .tables import (PROTOCOL_TEXT, Table, caption, fewshot_tables, group_column, latex, markdown, seeds_csv,
+                     suites_present, summary_csv, vtab_table)
 from .variants import RUN_NAME, ReportError, Variant, apply_labels, collect, fmt_value, group_variants
 
 __all__ = ["ReportError", "write_report"]
@@ -64,7 +67,7 @@ def _bytes_points(table: Table) -> tuple[list[dict], str]:
     points = []
     for r in table.rows:
         per_seed: dict[int, list[float]] = defaultdict(list)
-        for rec in r.variant.records:
+        for rec in r.records or r.variant.records:
             if rec.task in common:
                 per_seed[rec.seed].append(rec.value(table.protocol))
         complete = [statistics.fmean(v) for v in per_seed.values() if len(v) == len(common)]
@@ -77,9 +80,9 @@ def _bytes_points(table: Table) -> tuple[list[dict], str]:
 
 
 def _table_files(table: Table, variants, protocol: str, stem: str, out: Path, records: int,
-                 written: dict[str, Path]) -> None:
+                 written: dict[str, Path], suite: str | None = None) -> None:
     _write(out / f"{stem}_{protocol}.csv", summary_csv([table]), written, f"{stem}_csv")
-    _write(out / f"{stem}_{protocol}_seeds.csv", seeds_csv(variants, protocol, table.benchmark), written,
+    _write(out / f"{stem}_{protocol}_seeds.csv", seeds_csv(variants, protocol, table.benchmark, suite), written,
            f"{stem}_seeds_csv")
     _write(out / f"{stem}_{protocol}.tex", latex(table, caption(table, records), f"tab:{stem}-{protocol}"), written,
            f"{stem}_tex")
@@ -115,8 +118,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, protoc
           "A row pools records that differ only in their seed; any other difference (an option taking several "
           "values within a task, a different recipe) makes a separate row, named by what differs. Cells: top-1 "
           "accuracy (%), mean ± std over the row's n seeds (– : one seed, no spread); the CSV files add the 95% "
-          "t-interval. 'Average (of groups)' is the mean of the Natural, Specialized and Structured means (the "
-          "literature's Average); 'Mean (tasks)' is the plain mean over the tasks present. Params and bytes "
+          "t-interval. 'Average (of groups)' is the mean of the group means (VTAB-1K: of the Natural, Specialized "
+          "and Structured means, the literature's Average); 'Mean (tasks)' is the plain mean over the tasks present. Params and bytes "
           "exclude the classifier. Best mean per column in bold.", ""]
     notes = _options_notes(variants)
     if notes:
@@ -126,14 +129,26 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, protoc
         if untuned:
             md += [f"Not tuned on val200 (options fixed beforehand, then tested once): {'; '.join(untuned)}.", ""]
 
-    vtab = vtab_table(variants, protocol) if any(v.kind == "vtab" for v in variants) else None
+    suites = suites_present(variants)
+    vtab = vtab_table(variants, protocol) if "vtab" in suites else None
     if vtab is not None:
         md += ["## VTAB-1K", "", markdown(vtab), ""]
         partial = [r.label for r in vtab.rows if any(t not in r.cells for t in VTAB_TASKS)]
         if partial:
             md += [f"Partial VTAB-1K ({'; '.join(partial)}): group means cover the tasks present only; the "
                    "Average needs all three groups.", ""]
-        _table_files(vtab, variants, protocol, "vtab", out, tabulated, written)
+        _table_files(vtab, variants, protocol, "vtab", out, tabulated, written, "vtab")
+    for suite in suites:
+        if suite == "vtab":
+            continue
+        table = vtab_table(variants, protocol, suite=suite)
+        title, groups = TASK_SUITES[suite]
+        stem = suite.replace("-", "")
+        members = "; ".join(f"{group_column(g)}: {', '.join(tasks)}" for g, tasks in groups.items())
+        md += [f"## {title}", "", markdown(table), "",
+               f"{title} groups ({members}); group means cover the tasks present; 'Average (of groups)' is the "
+               f"mean of the {' and '.join(group_column(g) for g in groups)} means.", ""]
+        _table_files(table, variants, protocol, stem, out, tabulated, written, suite)
     folder = vtab_table(variants, protocol, "folder") if any(v.kind == "folder" for v in variants) else None
     if folder is not None:
         md += ["## Image-folder tasks", "", markdown(folder), ""]

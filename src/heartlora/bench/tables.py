@@ -43,6 +43,7 @@ class Row:
     cells: dict[str, Summary]
     parameters_m: float | None = None
     adapter_bytes: float | None = None
+    records: list[Record] | None = None  # the records this table's cells come from (default: the variant's)
 
     @property
     def label(self) -> str:
@@ -64,6 +65,7 @@ class Table:
     how: dict[str, str]  # column -> rule
     rows: list[Row] = field(default_factory=list)
     groups: list[tuple[str, int]] = field(default_factory=list)  # header spans (name, columns) for LaTeX
+    group_names: list[str] = field(default_factory=list)  # the group-mean columns (VTAB-layout suites)
 
     def best(self, column: str) -> float | None:
         means = [r.cells[column].mean for r in self.rows if column in r.cells]
@@ -85,50 +87,85 @@ def _sizes(records: list[Record]) -> tuple[float | None, float | None]:
     return (statistics.fmean(params) / 1e6 if params else None, statistics.fmean(nbytes) if nbytes else None)
 
 
-# ----- VTAB-1K -------------------------------------------------------------------------------------
-def _vtab_order(tasks: set[str]) -> tuple[list[str], list[tuple[str, int]]]:
-    from ..data import VTAB_GROUPS
+# ----- VTAB-1K and other suites of VTAB-layout tasks -------------------------------------------------
+def group_column(group: str) -> str:
+    """The table column of a group mean (``natural`` -> ``Natural``)."""
+    return GROUP_COLUMNS.get(group, group.replace("_", " ").capitalize())
 
+
+def _suite_order(tasks: set[str], groups: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, int]]]:
     ordered, spans = [], []
-    for group, members in VTAB_GROUPS.items():
+    for group, members in groups.items():
         present = [t for t in members if t in tasks]
         if present:
             ordered += present
-            spans.append((GROUP_COLUMNS[group], len(present)))
+            spans.append((group_column(group), len(present)))
     own = sorted(tasks - set(ordered))  # tasks of one's own in the VTAB layout come last
     if own:
         spans.append(("other", len(own)))
     return ordered + own, spans
 
 
-def vtab_table(variants: list[Variant], protocol: str, kind: str = "vtab") -> Table:
+def _in_suite(task: str, kind: str, suite: str) -> bool:
+    """Which table a record of ``task`` enters: its suite's (mini-VTAB, …); VTAB-1K tasks and tasks
+    of one's own enter the VTAB-1K table; every ``folder`` task the folder table."""
+    from ..data.tasks import suite_of
+
+    if kind != "vtab":
+        return True
+    found = suite_of(task)
+    return found == suite or (suite == "vtab" and found is None)
+
+
+def suites_present(variants: list[Variant]) -> list[str]:
+    """The suites (``TASK_SUITES`` keys) whose table the ``vtab`` records fill, in registry order."""
+    from ..data.tasks import TASK_SUITES
+
+    tasks = {r.task for v in variants if v.kind == "vtab" for r in v.records}
+    return [suite for suite in TASK_SUITES if any(_in_suite(t, "vtab", suite) for t in tasks)]
+
+
+def vtab_table(variants: list[Variant], protocol: str, kind: str = "vtab", suite: str = "vtab") -> Table:
     """Per-task columns, then the group means, Average and Mean (tasks), for the rows of ``kind``
-    (``vtab``, or ``folder``: tasks of one's own, where only the plain mean applies)."""
-    vtab = [v for v in variants if v.kind == kind]
-    tasks, spans = _vtab_order({r.task for v in vtab for r in v.records})
-    columns = tasks + list(GROUP_COLUMNS.values())
+    (``vtab``, or ``folder``: tasks of one's own, where only the plain mean applies). ``suite``
+    (a ``TASK_SUITES`` key: ``vtab`` = VTAB-1K, ``mini-vtab``) picks the tasks and their groups;
+    the VTAB-1K table also holds the VTAB-layout tasks of one's own (plain mean only)."""
+    from ..data.tasks import TASK_SUITES
+
+    title, groups = TASK_SUITES[suite]
+    chosen = []
+    for v in variants:
+        if v.kind != kind:
+            continue
+        records = [r for r in v.records if _in_suite(r.task, kind, suite)]
+        if records:
+            chosen.append((v, records))
+    tasks, spans = _suite_order({r.task for _, records in chosen for r in records}, groups)
+    names = [group_column(g) for g in groups]
+    columns = tasks + names + [GROUP_COLUMNS["average"], GROUP_COLUMNS["mean_tasks"]]
     how = {t: HOW["task"] for t in tasks}
-    how.update({GROUP_COLUMNS[g]: HOW["group"] for g in ("natural", "specialized", "structured")})
-    how[GROUP_COLUMNS["average"]] = HOW["average"]
+    how.update({name: HOW["group"] for name in names})
+    how[GROUP_COLUMNS["average"]] = HOW["average"] if suite == "vtab" else (
+        f"mean of the {' and '.join(names) if len(names) < 3 else ', '.join(names)} means; spread over the seeds "
+        "that ran every task")
     how[GROUP_COLUMNS["mean_tasks"]] = HOW["mean_tasks"]
-    table = Table(kind, "VTAB-1K" if kind == "vtab" else "Image-folder tasks", protocol, columns, how, groups=spans)
-    for variant in vtab:
+    section = title if kind == "vtab" else "Image-folder tasks"
+    table = Table(kind, section, protocol, columns, how, groups=spans, group_names=names)
+    for variant, records in chosen:
         values: dict[str, dict[int, float]] = defaultdict(dict)
-        for r in variant.records:
+        for r in records:
             values[r.task][r.seed] = r.value(protocol)
         cells = {task: summarize(list(v.values())) for task, v in values.items()}
-        means = group_means({t: c.mean for t, c in cells.items()})
-        from ..data import VTAB_GROUPS
-
-        for group, column in GROUP_COLUMNS.items():
+        means = group_means({t: c.mean for t, c in cells.items()}, groups)
+        for group in [*groups, "average", "mean_tasks"]:
             if means.get(group) is None:
                 continue
-            wanted = [t for t in values if t in VTAB_GROUPS.get(group, ())] if group in VTAB_GROUPS else list(values)
+            wanted = [t for t in values if t in groups[group]] if group in groups else list(values)
             seeds = set.intersection(*(set(values[t]) for t in wanted)) if wanted else set()
-            per_seed = [group_means({t: values[t][s] for t in wanted})[group] for s in sorted(seeds)]
-            cells[column] = _aggregate(means[group], [p for p in per_seed if p is not None])
-        params, nbytes = _sizes(variant.records)
-        table.rows.append(Row(variant, cells, params, nbytes))
+            per_seed = [group_means({t: values[t][s] for t in wanted}, groups)[group] for s in sorted(seeds)]
+            cells[group_column(group)] = _aggregate(means[group], [p for p in per_seed if p is not None])
+        params, nbytes = _sizes(records)
+        table.rows.append(Row(variant, cells, params, nbytes, records))
     return table
 
 
@@ -216,8 +253,8 @@ SEEDS_HEADER = ["protocol", "benchmark", "variant", "method", "task", "shots", "
                 "options", "manifest_hash", "record"]
 
 
-def seeds_csv(variants: list[Variant], protocol: str, kind: str) -> bytes:
-    """Long format: one line per run record that entered a table."""
+def seeds_csv(variants: list[Variant], protocol: str, kind: str, suite: str | None = None) -> bytes:
+    """Long format: one line per run record that entered a table (of ``suite``, when given)."""
     from .variants import fmt_value
 
     out = io.StringIO()
@@ -226,7 +263,8 @@ def seeds_csv(variants: list[Variant], protocol: str, kind: str) -> bytes:
     for variant in variants:
         if variant.kind != kind:
             continue
-        for r in sorted(variant.records, key=lambda r: (r.task, r.shots or 0, r.seed, r.list_seed or 0)):
+        records = [r for r in variant.records if suite is None or _in_suite(r.task, kind, suite)]
+        for r in sorted(records, key=lambda r: (r.task, r.shots or 0, r.seed, r.list_seed or 0)):
             options = " ".join(f"{k}={fmt_value(v)}" for k, v in sorted(r.options.items()))
             writer.writerow([protocol, kind, variant.label, variant.method, r.task, "" if r.shots is None else r.shots,
                              r.seed, "" if r.list_seed is None else r.list_seed, _num(r.value(protocol)), options,
@@ -317,9 +355,12 @@ def caption(table: Table, runs: int) -> str:
     n_text = "–".join(map(str, (ns[0], ns[-1]))) if ns and ns[0] != ns[-1] else (str(ns[0]) if ns else "0")
     text = (f"{table.section} top-1 accuracy (%), {PROTOCOL_TEXT[table.protocol]}. Each cell: mean ± std over "
             f"n = {n_text} seeds (n per row in column n; – : a single seed, no spread). ")
-    if table.benchmark == "vtab":
+    if table.benchmark == "vtab" and table.section == "VTAB-1K":
         text += ("Natural / Specialized / Structured: mean of the group's task means; Average: mean of the three "
                  "group means (the literature's Average); Mean (tasks): plain mean over the tasks present. ")
+    elif table.benchmark == "vtab":
+        text += (f"{' / '.join(table.group_names)}: mean of the group's task means; Average: mean of the "
+                 f"{len(table.group_names)} group means; Mean (tasks): plain mean over the tasks present. ")
     elif table.section.startswith("average"):
         text += "Each cell: mean of the dataset means at that shot count. "
     else:

@@ -30,6 +30,35 @@ VTAB_GROUPS: dict[str, list[str]] = {
                    "smallnorb_azi", "smallnorb_ele"],
 }
 
+#: The mini-VTAB (``heartlora data make-mini-vtab``, :mod:`heartlora.data.minivtab`): real images
+#: built offline, task -> number of classes. Its tasks are folders of one's own in the VTAB-1K
+#: layout (their ``classes.txt`` declares the classes); the names are no VTAB-1K alias.
+MINI_VTAB_TASKS: dict[str, int] = {
+    "digits": 10, "fmnist_orientation": 4, "fmnist_position": 9, "fmnist_count": 4, "fmnist_scale": 4,
+}
+MINI_VTAB_GROUPS: dict[str, list[str]] = {
+    "natural": ["digits"],
+    "structured": ["fmnist_orientation", "fmnist_position", "fmnist_count", "fmnist_scale"],
+}
+
+#: Suites of VTAB-layout tasks whose report tables have group means: name -> (title, groups).
+#: The "Average (of groups)" of a suite is the mean of its group means.
+TASK_SUITES: dict[str, tuple[str, dict[str, list[str]]]] = {
+    "vtab": ("VTAB-1K", VTAB_GROUPS),
+    "mini-vtab": ("mini-VTAB", MINI_VTAB_GROUPS),
+}
+
+
+def suite_of(task: str) -> str | None:
+    """The suite a VTAB-layout task belongs to (any VTAB-1K alias counts), or None (a task of one's own)."""
+    if lookup_task(task, "vtab") is not None:
+        return "vtab"
+    for suite, (_, groups) in TASK_SUITES.items():
+        if any(task in members for members in groups.values()):
+            return suite
+    return None
+
+
 #: Few-shot FGVC (NOAH's lists): canonical dataset name -> number of classes.
 FEWSHOT_DATASETS: dict[str, int] = {
     "fgvc_aircraft": 100, "food101": 101, "oxford_flowers102": 102, "oxford_pets": 37, "stanford_cars": 196,
