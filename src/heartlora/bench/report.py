@@ -53,13 +53,20 @@ def _options_notes(variants: Sequence[Variant]) -> list[str]:
     return lines
 
 
+def _average_label(table: Table) -> str:
+    """'Average of the three group means (%)' on VTAB-1K, 'two' on the mini-VTAB: as many as the table has."""
+    names = getattr(table, "group_names", None) or []
+    count = {2: "two ", 3: "three "}.get(len(names), "")
+    return f"Average of the {count}group means (%)"
+
+
 def _bytes_points(table: Table) -> tuple[list[dict], str]:
     """One point per row: the Average of groups when every row has it, else the mean over the tasks
     every row ran (so all points average the same tasks)."""
     average = "Average (of groups)"
     if all(average in r.cells for r in table.rows):
         return ([{"method": r.label, "accuracy": r.cells[average].mean, "std": r.cells[average].std,
-                  "adapter_bytes": r.adapter_bytes or 0.0} for r in table.rows], "Average of the three group means (%)")
+                  "adapter_bytes": r.adapter_bytes or 0.0} for r in table.rows], _average_label(table))
     tasks = [c for c in table.columns if c in table.how and table.how[c].startswith("mean over seeds")]
     common = [t for t in tasks if all(t in r.cells for r in table.rows)]
     if not common:
