@@ -17,10 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol
 
-if TYPE_CHECKING:
-    from .loader import TaskData
+
+class _Split(Protocol):
+    paths: list[str]
+
+
+class TaskLike(Protocol):
+    """What a fingerprint reads of a :class:`heartlora.data.loader.TaskData` (named structurally, so
+    this module needs nothing from the loader, which imports it through the cache)."""
+    train: _Split
+    eval: _Split
+    directory: object  # a Path (or None)
+
 
 FINGERPRINT_FORMAT = 1
 SHOWN_CHANGES = 5
@@ -52,7 +62,7 @@ def _name(path: str, directory: str | os.PathLike | None, prefix: str | None) ->
     return rel.replace(os.sep, "/")
 
 
-def image_paths(task: "TaskData") -> list[str]:
+def image_paths(task: TaskLike) -> list[str]:
     """Every train and eval image path of ``task`` (each once, train first)."""
     return list(dict.fromkeys([*task.train.paths, *task.eval.paths]))
 
@@ -73,7 +83,7 @@ def fingerprint_files(paths: Iterable[str], directory: str | os.PathLike | None 
             "sha256": digest.hexdigest(), "files": files}
 
 
-def content_fingerprint(task: "TaskData", content: bool = False) -> dict:
+def content_fingerprint(task: TaskLike, content: bool = False) -> dict:
     """Fingerprint of the images ``task`` trains and evaluates on (a JSON-serialisable dict).
 
     ``{"format", "method": "stat" | "sha256", "images", "sha256", "files": {name: [size,
