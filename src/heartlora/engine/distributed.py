@@ -34,7 +34,7 @@ class Distributed:
     local_rank: int = 0
     backend: str | None = None
     nodes: list[str] = field(default_factory=lambda: [platform.node()])
-    # a group of its own for the loop's measurements (losses, counts, head scores), so they never
+    # a group of its own for the loop's measurements (losses, counts, a method schedule's statistics), so they never
     # interleave with DDP's gradient all-reduces on the default group
     group: object = None
 
@@ -70,7 +70,7 @@ class Distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        # buffers (head gates, score sums) are equal on every rank by construction: never re-sent
+        # buffers (gates, accumulated statistics) are equal on every rank by construction: never re-sent
         return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False,
                                        find_unused_parameters=unused_parameters)
 

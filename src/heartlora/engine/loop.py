@@ -558,7 +558,7 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
             loss, images, seconds, waited = _train_epoch(forward_module(), loader, sizes, optimizer, device, use_amp,
                                                          show_bar, desc, lr, dist)
             # seconds: the training epoch (data_seconds of it waiting for batches); schedule_seconds:
-            # the method schedule's hooks (scoring, selection); eval_*: the evaluation after it
+            # the method schedule's hooks (a method's own statistics and decisions); eval_*: the evaluation after it
             entry = {"epoch": epoch, "lr": lr, "train_loss": loss,
                      "phase": schedule.phase(epoch) if schedule is not None else "train",
                      "images": images, "seconds": round(seconds, 4), "data_seconds": round(waited, 4),
