@@ -264,7 +264,9 @@ def _split_by_options(kind: str, name: str, method: str, members: list[Record], 
     for rows in groups.values():
         axes = {k: rows[0].options.get(k) for k in sorted(option_axes)}
         axes.update({k: rows[0].recipe.get(k) for k in recipe_axes})
-        label = " ".join([name, *(f"{k}={fmt_value(v)}" for k, v in axes.items())])
+        # an option a row leaves unset (None: e.g. ne when budget_ratio chooses it) is not named; rows
+        # still differ by the values they do set, so labels stay unique
+        label = " ".join([name, *(f"{k}={fmt_value(v)}" for k, v in axes.items() if v is not None)])
         if tuned_keys:
             label += f" [tuned: {','.join(sorted(tuned_keys))}]"
         per_task: dict[str, dict] = {}
