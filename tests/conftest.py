@@ -1,5 +1,8 @@
 """Tiny random timm backbones for fast CPU tests."""
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -79,3 +82,29 @@ def interrupted_then_resumed(config, tmp_path, after_epoch: int):
         train(config.replace(out=str(tmp_path / "interrupted")), callbacks=[stop])
     resumed = train(config.replace(out=str(tmp_path / "interrupted"), resume=True))
     return resumed, train(config.replace(out=str(tmp_path / "whole")))
+
+
+def tiny_base(root, warmup_epochs: int = 1):
+    """RunConfig of a tiny ViT on ``root`` (VTAB layout; the task is set per cell), 2 epochs, evaluated each."""
+    from heartlora.config import DataConfig, ModelConfig, RunConfig, ScheduleConfig
+
+    return RunConfig(
+        model=ModelConfig(name="vit_tiny_patch16_224", kwargs={"patch_size": 8, "embed_dim": 48, "depth": 2,
+                                                               "num_heads": 4}, drop_path=0.0),
+        data=DataConfig(kind="vtab", root=str(root), image_size=32, workers=0, check_images=False),
+        schedule=ScheduleConfig(epochs=2, warmup_epochs=warmup_epochs, batch_size=8, eval_every=1),
+        device="cpu", quiet=True,
+    )
+
+
+def load_benchmark(script: str, module_name: str, *also_loaded: str):
+    """Import ``benchmarks/<script>`` as ``module_name`` for a module-scoped fixture (``yield from``);
+    afterwards forget it and the benchmark modules it imported itself (``also_loaded``)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    yield module
+    for name in (module_name, *also_loaded):
+        sys.modules.pop(name, None)

@@ -13,20 +13,11 @@ from heartlora.bench.sweep import load_presets, parse_grid, plan, run_cell, run_
 from heartlora.bench.tables import vtab_table
 from heartlora.bench.variants import ReportError, apply_labels, collect, group_variants
 from heartlora.config import ConfigError
-from heartlora.config import DataConfig, ModelConfig, RunConfig, ScheduleConfig
 from heartlora.data.synthetic import make_vtab
 
+from conftest import tiny_base
+
 TASKS = ("cifar", "eurosat")  # one Natural, one Specialized task
-
-
-def tiny_base(root) -> RunConfig:
-    return RunConfig(
-        model=ModelConfig(name="vit_tiny_patch16_224", kwargs={"patch_size": 8, "embed_dim": 48, "depth": 2,
-                                                               "num_heads": 4}, drop_path=0.0),
-        data=DataConfig(kind="vtab", root=str(root), image_size=32, workers=0, check_images=False),
-        schedule=ScheduleConfig(epochs=2, warmup_epochs=1, batch_size=8, eval_every=1),
-        device="cpu", quiet=True,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,12 @@ from heartlora.bench.analyze import AnalysisError, head_agreement, task_dependen
 from heartlora.bench.report import write_report
 from heartlora.bench.sweep import plan, run_cells
 from heartlora.cli import main
-from heartlora.config import DataConfig, ModelConfig, RunConfig, ScheduleConfig
 from heartlora.data import DataError, verify
 from heartlora.data.minivtab import (FMNIST_DIR, FMNIST_TEST_IMAGES, REGISTRY, SPLIT_SIZES, _pool_slices,
                                      build_mini_vtab, files_sha256, read_idx)
 from heartlora.data.tasks import MINI_VTAB_GROUPS, MINI_VTAB_TASKS, suite_of
+
+from conftest import tiny_base
 
 FMNIST_TEST = FMNIST_DIR / (FMNIST_TEST_IMAGES + ".gz")
 needs_fmnist = pytest.mark.skipif(not FMNIST_TEST.is_file(), reason=f"{FMNIST_TEST} absent (Fashion-MNIST test "
@@ -126,23 +127,13 @@ def test_another_build_in_the_same_folder_is_refused(small_build, only_test_file
 
 
 # ----- tiny runs: report and task dependence ------------------------------------------------------------
-def tiny_base(root) -> RunConfig:
-    return RunConfig(
-        model=ModelConfig(name="vit_tiny_patch16_224", kwargs={"patch_size": 8, "embed_dim": 48, "depth": 2,
-                                                               "num_heads": 4}, drop_path=0.0),
-        data=DataConfig(kind="vtab", root=str(root), image_size=32, workers=0, check_images=False),
-        schedule=ScheduleConfig(epochs=2, warmup_epochs=0, batch_size=8, eval_every=1),
-        device="cpu", quiet=True,
-    )
-
-
 @pytest.fixture(scope="module")
 def tiny_sweep(small_build, tmp_path_factory):
     root, _ = small_build
     out = tmp_path_factory.mktemp("runs")
     cells = plan("vtab", RUN_TASKS, ["linear", "heart-lora"], seeds=[1, 2],
                  method_options={"heart-lora": {"ne": 1, "score_epochs": 1}})
-    result = run_cells(cells, tiny_base(root), out, log=lambda _: None, progress=False)
+    result = run_cells(cells, tiny_base(root, warmup_epochs=0), out, log=lambda _: None, progress=False)
     assert result.ok and len(result.done) == 12
     return cells, out
 

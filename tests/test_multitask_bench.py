@@ -1,24 +1,15 @@
 """benchmarks/multitask.py keeps running; memory: the backbone is held once whatever T (no timings asserted)."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "multitask.py"
+from conftest import load_benchmark
+
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("multitask_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["multitask_bench"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("multitask_bench", None)
-    sys.modules.pop("step_time", None)
+    yield from load_benchmark("multitask.py", "multitask_bench", "step_time")
 
 
 def test_one_round_of_every_configuration(bench):

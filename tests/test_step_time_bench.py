@@ -1,22 +1,14 @@
 """benchmarks/step_time.py keeps running and its paired statistics are right (no timings asserted)."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def step_time():
-    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_time"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("step_time", None)
+    yield from load_benchmark("step_time.py", "step_time")
 
 
 def test_median_ci_uses_binomial_order_statistics(step_time):

@@ -1,22 +1,14 @@
 """benchmarks/task_time.py keeps running, and its cached and uncached runs agree (no timings asserted)."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "task_time.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def task_time():
-    spec = importlib.util.spec_from_file_location("task_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["task_time"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("task_time", None)
+    yield from load_benchmark("task_time.py", "task_time")
 
 
 def test_quick_run_writes_the_breakdown_of_both_modes(task_time, tmp_path, capsys):
