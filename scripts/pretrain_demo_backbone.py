@@ -43,7 +43,6 @@ then ``load_state_dict`` of the safetensors weights cast to float32).
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import math
@@ -58,6 +57,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from heartlora.data.minivtab import read_idx  # the package's one idx reader
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MODEL_NAME = "vit_tiny_patch16_224"
@@ -84,19 +85,6 @@ def _find(data_dir: Path, stem: str) -> Path:
         if p.exists():
             return p
     raise FileNotFoundError(f"{stem}[.gz] not found in {data_dir}")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (optionally gzip-compressed) into a numpy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    zero, dtype_code, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte idx file")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    return data.reshape(dims).copy()
 
 
 def load_split(data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
