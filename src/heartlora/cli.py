@@ -614,11 +614,16 @@ def _cmd_serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     server = make_server(app, sock, args.log_level)
     try:
         server.run(sockets=[sock])  # uvicorn shuts down gracefully on Ctrl-C, then re-raises it
+        # ... but the re-raised Ctrl-C can be absorbed by the event loop when it lands as the serve
+        # task ends; only a signal makes a started server exit, so say interrupted either way
+        interrupted = server.started and server.should_exit
     except KeyboardInterrupt:
-        print(f"{PROG} serve: stopped (interrupted)", file=sys.stderr)
-        return 130
+        interrupted = True
     finally:
         sock.close()
+    if interrupted:
+        print(f"{PROG} serve: stopped (interrupted)", file=sys.stderr)
+        return 130
     return 0
 
 
