@@ -166,14 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None,
                     help=f"directory with Fashion-MNIST idx files (default: {DEBIAN_DIR})")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=25)  # the shipped v2 recipe
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("src/heartlora/assets"))
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--warmup-epochs", type=float, default=0.5)
+    ap.add_argument("--warmup-epochs", type=float, default=1.0)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--amp", choices=["bf16", "none"], default="bf16",
                     help="bf16 autocast for training and per-epoch eval (fp32 master weights; "
