@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from heartlora.data.minivtab import read_idx  # the package's one idx reader
+from heartlora.tensorfile import safetensors_bytes  # sorted metadata: the same weights give the same sha256
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MODEL_NAME = "vit_tiny_patch16_224"
@@ -309,13 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     acc_stored = acc16 if store_dtype == torch.float16 else acc32
     print(f"test_acc fp32 {acc32:.2f}  fp16 {acc16:.2f}  -> storing {store_dtype}", flush=True)
 
-    from safetensors.torch import save_file
-
     args.out.mkdir(parents=True, exist_ok=True)
     st_path = args.out / f"{STEM}.safetensors"
     state = {k: v.detach().to(store_dtype).contiguous() if v.is_floating_point() else v.contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(st_path), metadata={"format": "pt", "model_name": MODEL_NAME})
+    st_path.write_bytes(safetensors_bytes(state, metadata={"format": "pt", "model_name": MODEL_NAME}))
     os.chmod(st_path, 0o644)
     digest = sha256_of(st_path)
 

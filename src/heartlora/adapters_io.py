@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from .version import __version__
 from .fsio import atomic_write
+from .tensorfile import safetensors_bytes
 from .heads import check_geometry
 from .methods.base import adapter_layers, classifier_parameter_names, get_method, replace_module
 from .methods.factory import STATE_ATTR, apply, get_state
@@ -82,7 +82,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "adapter_bytes_without_classifier": adapter_bytes(model, include_classifier=False),
         "trainable_parameters": trainable_parameters(model),
     }
-    atomic_write(directory / WEIGHTS_NAME, save_safetensors(tensors, metadata={"method": state.method}))
+    atomic_write(directory / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"method": state.method}))
     atomic_write(directory / CONFIG_NAME, json.dumps(config, indent=2).encode("utf-8"))
     return directory
 

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ..adapters_io import CONFIG_NAME, WEIGHTS_NAME, AdapterError, adapter_tensors, read_json_object, save_adapter
 from ..engine.loop import BACKBONE_NAME
 from ..fsio import atomic_write
+from ..tensorfile import safetensors_bytes
 from ..heads import TARGET_INDEX, AttentionSite, find_attention_sites
 from ..methods import STATE_ATTR, apply, get_state
 from ..methods.base import adapter_layers, classifier_parameter_names
@@ -143,7 +143,7 @@ def to_peft(model: nn.Module, out_dir: str | os.PathLike, *, base_model_name: st
     targets = [out / PEFT_WEIGHTS, out / PEFT_CONFIG] + ([out / BACKBONE_NAME] if backbone else [])
     _refuse_existing(targets, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / PEFT_WEIGHTS, save_safetensors(tensors, metadata={"format": "pt", META_KEY: json.dumps(meta)}))
+    atomic_write(out / PEFT_WEIGHTS, safetensors_bytes(tensors, metadata={"format": "pt", META_KEY: json.dumps(meta)}))
     atomic_write(out / PEFT_CONFIG, (json.dumps(values, indent=2, default=str) + "\n").encode("utf-8"))
     if backbone:
         atomic_write(out / BACKBONE_NAME, (json.dumps(backbone, indent=2) + "\n").encode("utf-8"))

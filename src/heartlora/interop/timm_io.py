@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 
 import timm
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ..adapters_io import merge_and_unload
@@ -29,6 +28,7 @@ from ..data.transforms import NORMALIZATIONS
 from ..fsio import atomic_write
 from ..methods import get_state
 from ..models import hub_offline, sha256_file
+from ..tensorfile import safetensors_bytes
 
 __all__ = ["MERGED_FORMAT", "export_merged", "load_merged", "merged_json_path"]
 
@@ -80,7 +80,7 @@ def export_merged(model: nn.Module, path: str | os.PathLike, *, name: str, kwarg
         "normalize": normalize, "method": method, "source": source,
     }
     metadata = {"format": "pt", "heartlora": json.dumps({k: description[k] for k in ("model", "method", "num_classes")})}
-    atomic_write(path, save_safetensors(state, metadata=metadata))
+    atomic_write(path, safetensors_bytes(state, metadata=metadata))
     description["sha256"] = sha256_file(path)
     json_path = merged_json_path(path)
     atomic_write(json_path, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
