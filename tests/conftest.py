@@ -97,10 +97,11 @@ def tiny_base(root, warmup_epochs: int = 1):
     )
 
 
-def load_benchmark(script: str, module_name: str, *also_loaded: str):
-    """Import ``benchmarks/<script>`` as ``module_name`` for a module-scoped fixture (``yield from``);
-    afterwards forget it and the benchmark modules it imported itself (``also_loaded``)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+def load_benchmark(script: str, module_name: str, *also_loaded: str, folder: str = "benchmarks"):
+    """Import ``<folder>/<script>`` (a benchmark, or a file of ``scripts/``) as ``module_name`` for a
+    module-scoped fixture (``yield from``); afterwards forget it and the modules of that folder it
+    imported itself (``also_loaded``)."""
+    path = Path(__file__).resolve().parents[1] / folder / script
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses look their module up while the class is built

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import random
 import struct
@@ -12,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_demo_backbone.py"
+from conftest import load_benchmark
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -25,10 +23,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("pretrain_demo_backbone", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    yield from load_benchmark("pretrain_demo_backbone.py", "pretrain_demo_backbone", folder="scripts")
 
 
 @pytest.fixture
