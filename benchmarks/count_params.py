@@ -48,7 +48,8 @@ ROWS = [
     ("heart-lora-layer", "heart-lora-layer", {}, None, "r=8 q,v, ne=3 per layer (after selection)"),
     ("heart-lora 1b r32", "heart-lora", {"bits": 1, "rank": 32}, None, "paper-lineage setting, after selection"),
     ("noah supernet", "noah", {}, None, "grids {0,1,5,10}: the supernet holds the largest sizes"),
-    ("noah cifar100", "noah", {"subnet": NOAH_CIFAR100}, 0.43, "NOAH's released cifar100 sub-network (NOAH's own count +0.084 M, see below); 0.43 M = VTAB average"),
+    ("noah cifar100", "noah", {"subnet": NOAH_CIFAR100}, 0.43,
+     "NOAH's released cifar100 sub-network (NOAH's own count +0.084 M, see below); 0.43 M = VTAB average"),
 ]
 
 
@@ -88,7 +89,9 @@ def main(argv=None) -> int:
     extra = NOAH_CIFAR100["prompt"][0] * 768 + 100 * 768
     print(f"NOAH's code also counts a model-level first-layer prompt (p_0·d) and its position embedding "
           f"(100·d, the supernet's max prompt length) that block 0's prompts immediately replace: "
-          f"+{extra / 1e6:.4f} M, i.e. {(next(r['trainable'] for r in out if r['row'] == 'noah cifar100') + extra) / 1e6:.4f} M for cifar100 in NOAH's count.")
+          f"+{extra / 1e6:.4f} M, i.e. "
+          f"{(next(r['trainable'] for r in out if r['row'] == 'noah cifar100') + extra) / 1e6:.4f} M "
+          "for cifar100 in NOAH's count.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -79,7 +79,7 @@ def main() -> None:
     base = statistics.median(times["local"])
     print(f"8 cells, {args.epochs} epochs, {args.train_images} train images per task, {os.cpu_count()} CPUs, "
           f"{args.repeats} repeats\n")
-    print(f"| executor | median wall time (s) | all runs (s) | ratio to local |\n|---|---:|---|---:|")
+    print("| executor | median wall time (s) | all runs (s) | ratio to local |\n|---|---:|---|---:|")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {median / base:.2f} |")

@@ -162,7 +162,8 @@ def kill_after(k):
 
 def comparable(record):
     return {
-        "curve": [{k: e.get(k) for k in ("epoch", "lr", "train_loss", "phase", "images", "eval_accuracy")} for e in record["curve"]],
+        "curve": [{k: e.get(k) for k in ("epoch", "lr", "train_loss", "phase", "images", "eval_accuracy")}
+                  for e in record["curve"]],
         "evaluations": record["evaluations"], "protocols": record["protocols"], "heads": record.get("heads"),
         "adapter_bytes": record["adapter_bytes"], "trainable": record["trainable_parameters"],
     }

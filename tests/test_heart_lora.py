@@ -7,9 +7,9 @@ import torch.nn.functional as F
 import heartlora
 from heartlora.heads import find_attention_sites
 from heartlora.methods import quant
-from heartlora.methods.lowrank import LowRankQKV, lowrank_layers
+from heartlora.methods.lowrank import lowrank_layers
 
-from conftest import BACKBONES, NUM_CLASSES, tiny_swin, tiny_vit
+from conftest import BACKBONES, tiny_swin, tiny_vit
 
 
 def _step(model, images, labels, lr=1e-2):

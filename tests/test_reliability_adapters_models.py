@@ -85,7 +85,8 @@ def empty(adapter):
 ADAPTER_CASES = {
     "truncated": (truncate, r"adapter\.safetensors: not a readable safetensors file"),
     "empty": (empty, r"adapter\.safetensors: not a readable safetensors file"),
-    "head_masks": (edit_config(head_masks="abc"), r"adapter_config\.json: key 'head_masks' is \"abc\"; expected null or one list"),
+    "head_masks": (edit_config(head_masks="abc"),
+                   r"adapter_config\.json: key 'head_masks' is \"abc\"; expected null or one list"),
     "options": (edit_config(options="rank=8"), r"adapter_config\.json: key 'options' is \"rank=8\"; expected a JSON object"),
     "scores": (edit_config(scores=[[1.0]]), r"adapter_config\.json: key 'scores' .*heads per block: \[4, 4\]"),
     "newer": (edit_config(format_version=99), r"adapter_config\.json: adapter format_version 99 is newer .* upgrade heartlora"),

@@ -23,7 +23,7 @@ for extra in ("fastapi", "uvicorn", "multipart", "httpx"):  # the serve and test
     pytest.importorskip(extra)
 import httpx  # noqa: E402
 
-from serve_fixtures import TASKS, alone, make_tasks
+from serve_fixtures import TASKS, alone, make_tasks  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* randomly initialised")
 LIMIT = 20_000

@@ -101,14 +101,16 @@ def _data_args(parser, suppress: bool, defaults: bool = True, loader: bool = Tru
     d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
     _add(g, suppress, "--data-kind", default=d(c.kind), choices=("vtab", "fewshot", "folder"), help="data layout")
     _add(g, suppress, "--data", default=d(c.root), metavar="ROOT", help="data root folder")
-    _add(g, suppress, "--task", default=d(c.task), help="task / dataset name under ROOT (any alias; leave out when ROOT is the task)")
+    _add(g, suppress, "--task", default=d(c.task),
+         help="task / dataset name under ROOT (any alias; leave out when ROOT is the task)")
     _add(g, suppress, "--split", default=d(c.split), choices=("final", "paper", "tune"),
          help="final: train800val200 -> test; tune: train800 -> val200")
     _add(g, suppress, "--shots", default=d(c.shots), type=_positive_int, help="few-shot K (fewshot kind)")
     _add(g, suppress, "--fewshot-seed", default=d(c.fewshot_seed), type=_nonneg_int, help="few-shot list seed S (fewshot kind)")
     _add(g, suppress, "--num-classes", default=d(c.num_classes), type=_positive_int, help="expected class count (checked)")
     _add(g, suppress, "--image-size", default=d(c.image_size), type=_positive_int, help="Resize((S,S), bicubic)")
-    _add(g, suppress, "--normalize", default=d(c.normalize), choices=("none", "imagenet", "inception"), help="input normalisation")
+    _add(g, suppress, "--normalize", default=d(c.normalize), choices=("none", "imagenet", "inception"),
+         help="input normalisation")
     if loader:
         _add(g, suppress, "--augment", default=d(c.augment), action=argparse.BooleanOptionalAction,
              help="few-shot training augmentation (flip + colour jitter)")
@@ -764,7 +766,8 @@ def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     data = {k: pick(k, run_data.get(field), default) for k, field, default in (
         ("data_kind", "kind", "vtab"), ("data", "root", None), ("task", "task", None), ("split", "split", "final"),
         ("shots", "shots", None), ("fewshot_seed", "fewshot_seed", None), ("num_classes", "num_classes", None),
-        ("image_size", "image_size", backbone.get("img_size") or 224), ("normalize", "normalize", backbone.get("normalize") or "none"),
+        ("image_size", "image_size", backbone.get("img_size") or 224),
+        ("normalize", "normalize", backbone.get("normalize") or "none"),
         ("workers", "workers", 0), ("check_images", "check_images", False))}
     if "check_images" not in given:
         data["check_images"] = False

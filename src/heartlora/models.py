@@ -477,10 +477,12 @@ def _load_npz(model: nn.Module, path: Path) -> None:
                 f"shape {embed} in the file (width {embed[-1]}), the model expects width {model.embed_dim} "
                 "(patch_embed.proj.weight)"
             )
-        blocks_in_file = sum(1 for k in shapes if k.startswith(f"{prefix}Transformer/encoderblock_") and k.endswith("/LayerNorm_0/scale"))
+        blocks_in_file = sum(1 for k in shapes
+                             if k.startswith(f"{prefix}Transformer/encoderblock_") and k.endswith("/LayerNorm_0/scale"))
         n_blocks = len(list(model.blocks.children()))
         if blocks_in_file != n_blocks:
-            raise WeightsError(f"{path}: the file has {blocks_in_file} transformer blocks, the model has {n_blocks} (another architecture?)")
+            raise WeightsError(f"{path}: the file has {blocks_in_file} transformer blocks, the model has {n_blocks} "
+                               "(another architecture?)")
         for key, (shape, param) in expected.items():
             key = prefix + key
             if key not in shapes:

@@ -126,7 +126,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, protoc
           "values within a task, a different recipe) makes a separate row, named by what differs. Cells: top-1 "
           "accuracy (%), mean ± std over the row's n seeds (– : one seed, no spread); the CSV files add the 95% "
           "t-interval. 'Average (of groups)' is the mean of the group means (VTAB-1K: of the Natural, Specialized "
-          "and Structured means, the literature's Average); 'Mean (tasks)' is the plain mean over the tasks present. Params and bytes "
+          "and Structured means, the literature's Average); 'Mean (tasks)' is the plain mean over the tasks present. "
+          "Params and bytes "
           "exclude the classifier. Best mean per column in bold.", ""]
     notes = _options_notes(variants)
     if notes:

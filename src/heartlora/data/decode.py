@@ -17,7 +17,8 @@ all white, and it drops alpha, exposing whatever colour sits under transparent p
 - Float greyscale (``F``): values in [0, 1] (the float-image convention) times 255; anything
   else (a depth map, HDR, NaN) is refused: no single mapping to 8 bits is right for it.
 - Transparency (``LA``, ``PA``, ``RGBA``, ``RGBa``, or a ``transparency`` key, e.g. palette
-  PNGs and 16-bit greyscale PNGs with a transparent sample value): composited over white, :data:`ALPHA_BACKGROUND`. White because that is how viewers
+  PNGs and 16-bit greyscale PNGs with a transparent sample value): composited over white, :data:`ALPHA_BACKGROUND`.
+  White because that is how viewers
   and web pages show such images to whoever labelled them, and because dark line art, text and
   logos on a transparent background (common) would vanish on black.
 - Anything else (e.g. ``La``, or a mode PIL adds later) is refused.

@@ -338,7 +338,8 @@ def from_peft(model: nn.Module, peft_dir: str | os.PathLike) -> nn.Module:
     scalings = {round(s, 12) for _, _, s in factors.values()}
     uniform = len(scalings) == 1
     scale = next(iter(factors.values()))[2] if uniform else 1.0
-    if uniform and meta and block and isinstance(meta.get("scale"), (int, float)) and math.isclose(meta["scale"], scale, rel_tol=1e-9):
+    same_scale = isinstance((meta or {}).get("scale"), (int, float)) and math.isclose(meta["scale"], scale, rel_tol=1e-9)
+    if uniform and meta and block and same_scale:
         scale = float(meta["scale"])  # exact, not alpha/R recomputed
     per_layer = {m: _heartlora_factors(a, b, sites[m], targets, rank, block, 1.0 if uniform else s)
                  for m, (a, b, s) in factors.items()}

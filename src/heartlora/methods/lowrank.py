@@ -369,7 +369,8 @@ def apply_lowrank(model: nn.Module, config: LoRAConfig, method: str) -> None:
 
 
 LORA_PAPER = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
-BILORA_PAPER = "Jie et al., Revisiting the Parameter Efficiency of Adapters from the Perspective of Precision Redundancy, ICCV 2023"
+BILORA_PAPER = ("Jie et al., Revisiting the Parameter Efficiency of Adapters from the Perspective of Precision Redundancy, "
+                "ICCV 2023")
 
 register(MethodSpec(
     "lora", LoRAConfig, apply_lowrank,

@@ -430,7 +430,8 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], budget_para
     (every per-layer size redrawn from its grid with probability ``mutation_prob``) and
     ``population // 2`` uniform crossovers of the top ``select`` (default ``population // 5``)
     candidates so far, topped up with random ones. The defaults are NOAH's (population 50, top 10,
-    25 mutations + 25 crossovers, m_prob 0.2, 20 generations); on a CPU pass smaller ones. A candidate over budget is repaired by stepping random sizes down their grid.
+    25 mutations + 25 crossovers, m_prob 0.2, 20 generations); on a CPU pass smaller ones.
+    A candidate over budget is repaired by stepping random sizes down their grid.
     Every candidate is evaluated once, in eval mode. Deterministic for a seed when ``evaluate`` is.
 
     Returns ``{"subnet", "score", "params", "budget_params", "history", "evaluations", "seed",

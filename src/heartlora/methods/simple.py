@@ -63,7 +63,8 @@ def apply_bitfit(model: nn.Module, config: BitFitConfig, method: str) -> None:
 
 FULL_PAPER = "full fine-tuning of every parameter (the reference point of every PETL table, e.g. Jia et al., VPT, ECCV 2022)"
 LINEAR_PAPER = "linear probing: only the new classifier trains (e.g. Jia et al., VPT, ECCV 2022)"
-BITFIT_PAPER = "Ben Zaken et al., BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based Masked Language-models, ACL 2022"
+BITFIT_PAPER = ("Ben Zaken et al., BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based Masked Language-models, "
+                "ACL 2022")
 
 register(MethodSpec(
     "full", NoOptions, apply_full, "every parameter trains; the adapter file is the whole model",
