@@ -30,6 +30,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
     "imagenet": (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)),
     "inception": (tuple(IMAGENET_INCEPTION_MEAN), tuple(IMAGENET_INCEPTION_STD)),
 }
+#: Values of the ``normalize`` option, named once: the CLI's choices and the config's check read this.
+NORMALIZE_CHOICES: tuple[str, ...] = tuple(NORMALIZATIONS)
 
 #: Strength of the few-shot colour jitter (brightness, contrast, saturation).
 FEWSHOT_JITTER = 0.4
