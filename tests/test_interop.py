@@ -14,8 +14,7 @@ from heartlora.adapters_io import adapter_tensors, merge_and_unload
 from heartlora.cli import main
 from heartlora.config import ModelConfig
 from heartlora.data.synthetic import make_vtab
-from heartlora.engine.build import build_backbone, new_classifier
-from heartlora.interop.folder import load_adapter_folder
+from heartlora.engine.build import build_backbone, build_from_adapter_folder, new_classifier
 from heartlora.interop.peft_io import from_peft, to_peft
 from heartlora.interop.timm_io import export_merged, load_merged
 from heartlora.methods import apply, get_state
@@ -215,7 +214,8 @@ def heart_run(tmp_path_factory):
 
 def test_cli_export_merged_and_peft_then_import_and_score(heart_run, tmp_path, images, capsys):
     root, run = heart_run
-    model, backbone = load_adapter_folder(run)
+    model, resolved = build_from_adapter_folder(run)
+    backbone = resolved.record
     expected = model(images)
     assert main(["export", "--adapter", str(run), "--merged", str(tmp_path / "m" / "model.safetensors")]) == 0
     merged = load_merged(tmp_path / "m" / "model.json").eval()
@@ -233,8 +233,8 @@ def test_cli_export_merged_and_peft_then_import_and_score(heart_run, tmp_path, i
     assert (peft_model(images) - expected).abs().max() <= TOL
 
     assert main(["import", "--from", "peft", str(tmp_path / "peft"), "--out", str(tmp_path / "imported")]) == 0
-    imported, imported_backbone = load_adapter_folder(tmp_path / "imported")
-    assert get_state(imported).method == "heart-lora" and imported_backbone["model"] == backbone["model"]
+    imported, imported_backbone = build_from_adapter_folder(tmp_path / "imported")
+    assert get_state(imported).method == "heart-lora" and imported_backbone.model.name == backbone["model"]
     assert (imported(images) - expected).abs().max() <= TOL
     capsys.readouterr()
     code = main(["analyze", "responsiveness", str(tmp_path / "imported"), "--data", str(root / "data"), "--task", "cifar",

@@ -11,6 +11,9 @@ from serve_fixtures import TASKS, alone, backbone, backbone_record, make_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* randomly initialised")
 TOL = 1e-5
+# fp32 logits of a few units: the dense routing sums in another order than the adapter alone, so allow
+# float32 rounding relative to the magnitude too (1e-5 · |logit|), not an absolute 1e-5 only
+RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def _check(model, references, images, tasks):
     assert out.logits.shape == (len(tasks), max(TASKS[t][2] for t in tasks))
     for i, (task, row) in enumerate(zip(tasks, out.per_sample())):
         assert row.shape == (TASKS[task][2],)
-        torch.testing.assert_close(row, expected[task][i], atol=TOL, rtol=0)
+        torch.testing.assert_close(row, expected[task][i], atol=TOL, rtol=RTOL)
         assert out.mask[i].sum() == TASKS[task][2] and torch.isinf(out.logits[i, TASKS[task][2]:]).all()
     return out
 
@@ -106,7 +109,7 @@ def test_linear_probes_share_the_backbone_too(task_dirs, references, tmp_path):
     out = model(images, ["probe", "dtd", "dtd", "probe"])
     expected = {name: ref(images) for name, ref in references.items()}
     for i, task in enumerate(["probe", "dtd", "dtd", "probe"]):
-        torch.testing.assert_close(out.per_sample()[i], expected[task][i], atol=TOL, rtol=0)
+        torch.testing.assert_close(out.per_sample()[i], expected[task][i], atol=TOL, rtol=RTOL)
 
 
 def test_a_mismatched_adapter_is_refused_with_the_file_named(task_dirs, tmp_path):
@@ -200,4 +203,4 @@ def test_swin_windows_are_routed_to_their_sample(tmp_path):
     for routing in ("segments", "dense"):
         out = MultiTask(swin(), dirs, routing=routing)(images, tasks)
         for i, task in enumerate(tasks):
-            torch.testing.assert_close(out.per_sample()[i], references[task](images)[i], atol=TOL, rtol=0)
+            torch.testing.assert_close(out.per_sample()[i], references[task](images)[i], atol=TOL, rtol=RTOL)

@@ -1,12 +1,23 @@
-"""Save, load, merge and measure adapters, generically over methods.
+"""The adapter folder, its one owner: save, load, merge and measure adapters, generically over
+methods; the folder's file names; locating it from a run folder; and its backbone record.
 
-An adapter directory holds ``adapter.safetensors`` (exactly the stored tensors) and
-``adapter_config.json`` (method, resolved options, backbone name and head geometry, head masks,
-scores). Adapter layers store their own tensors (packed when quantised); every other trainable
-parameter (the classifier, BitFit's biases, …) is stored as is under its parameter name.
+An adapter folder holds ``adapter.safetensors`` (exactly the stored tensors),
+``adapter_config.json`` (method, resolved options, head geometry, head masks, scores) and, when a
+run or an import wrote it, ``backbone.json`` (how to rebuild the backbone it was trained on: timm
+name, kwargs, weights and their sha256, image size, seed, normalisation, class names). Adapter
+layers store their own tensors (packed when quantised); every other trainable parameter (the
+classifier, BitFit's biases, …) is stored as is under its parameter name.
+
+Every command that reads a folder (``eval``, ``predict``, ``serve``, ``export``, ``import``,
+``analyze``) and the engine that writes one go through this module: :func:`resolve_adapter_dir`
+finds it, :func:`read_backbone` reads its record, and :func:`backbone_config` turns that record
+plus the caller's overrides into the backbone's configuration, with one rule for the weights'
+sha256 (:func:`check_backbone_weights`). Building the model from it is
+:func:`heartlora.engine.build.build_from_adapter_folder`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,6 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .version import __version__
+from . import fsio
 from .fsio import atomic_write
 from .tensorfile import safetensors_bytes
 from .heads import check_geometry
@@ -25,6 +37,10 @@ from .methods.responsiveness import apply_head_selection
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
+BACKBONE_NAME = "backbone.json"  # beside adapter_config.json: how to rebuild the backbone
+ADAPTER_DIR = "adapter"  # a run folder's adapter folder: RUN/adapter
+#: Every file an adapter folder written by heartlora holds.
+ADAPTER_FILES = (WEIGHTS_NAME, CONFIG_NAME, BACKBONE_NAME)
 FORMAT_VERSION = 1
 
 
@@ -100,15 +116,7 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
 
 def read_json_object(path: Path, expected: str) -> dict:
     """The JSON object in ``path``; an :class:`AdapterError` naming the file (and line) otherwise."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise AdapterError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}); expected {expected}") from None
-    except UnicodeDecodeError:
-        raise AdapterError(f"{path}: not a UTF-8 text file; expected {expected}") from None
-    if not isinstance(value, dict):
-        raise AdapterError(f"{path}: expected a JSON object ({expected}), got {type(value).__name__}")
-    return value
+    return fsio.read_json_object(path, expected, AdapterError)
 
 
 def _is_int(value, minimum: int = 0) -> bool:
@@ -241,3 +249,202 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(True)
     return model
+
+
+# ------------------------------------------------------------------------- the adapter folder
+def resolve_adapter_dir(path: str | os.PathLike) -> Path:
+    """The adapter folder ``path`` names: ``path/adapter`` when ``path`` is a run folder (it holds
+    ``adapter/adapter_config.json``; that wins even if someone wrote other adapter files into the
+    run folder itself), else ``path`` itself, which must hold ``adapter_config.json``."""
+    path = Path(path)
+    if (path / ADAPTER_DIR / CONFIG_NAME).is_file():
+        return path / ADAPTER_DIR
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: adapter folder not found (expected a folder holding {CONFIG_NAME}, or a run "
+                                f"folder holding {ADAPTER_DIR}/{CONFIG_NAME})")
+    raise FileNotFoundError(f"{path}: not an adapter folder (no {CONFIG_NAME}, and no {ADAPTER_DIR}/{CONFIG_NAME} of a "
+                            "run); expected the folder heartlora train or heartlora import wrote")
+
+
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an adapter folder or a run folder holding one."""
+    path = Path(path)
+    return (path / CONFIG_NAME).is_file() or (path / ADAPTER_DIR / CONFIG_NAME).is_file()
+
+
+def refuse_run_folder(path: str | os.PathLike, option: str) -> None:
+    """Writers of adapter files (``import --out``, ``export --to peft``) never write into a run folder:
+    its own adapter is ``RUN/adapter`` and a second one beside it would be mistaken for it."""
+    from .config import ConfigError
+
+    path = Path(path)
+    if (path / ADAPTER_DIR / CONFIG_NAME).is_file():
+        raise ConfigError(f"option '{option}': {path} is a run folder (its adapter is {path / ADAPTER_DIR}); "
+                          "write into a new folder instead")
+
+
+def _backbone_checks() -> tuple:
+    def is_int(v, minimum=0):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+    return (("model", lambda v: isinstance(v, str) and bool(v), "a timm model name"),
+            ("kwargs", lambda v: v is None or isinstance(v, dict), "null or a JSON object"),
+            ("img_size", lambda v: is_int(v, 1), "an image size in pixels"),
+            ("weights", lambda v: v is None or isinstance(v, str), "null or a file path"),
+            ("weights_sha256", lambda v: v is None or (isinstance(v, str) and len(v) == 64), "null or 64 hex digits"),
+            ("seed", lambda v: v is None or is_int(v), "null or a seed >= 0"),
+            ("pretrained", lambda v: v is None or isinstance(v, bool), "true or false"),
+            ("random_init", lambda v: v is None or isinstance(v, bool), "true or false"),
+            ("normalize", lambda v: v is None or isinstance(v, str), "null or a normalisation name"),
+            ("class_names", lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
+             "null or a list of class names"))
+
+
+def read_backbone(adapter_dir: str | os.PathLike, required: bool = True) -> dict | None:
+    """``backbone.json`` of an adapter folder, every key checked (:class:`AdapterError` naming the
+    key otherwise); ``None`` when it is missing and not ``required``."""
+    path = Path(adapter_dir) / BACKBONE_NAME
+    if not path.is_file():
+        if not required:
+            return None
+        raise FileNotFoundError(f"{path}: no backbone description (heartlora train and heartlora import write it beside "
+                                "the adapter; it names the timm model the adapter belongs to)")
+    record = read_json_object(path, "the backbone description heartlora train writes")
+    for key, ok, expected in _backbone_checks():
+        if not ok(record.get(key)):
+            raise AdapterError(f"{path}: key '{key}' is {json.dumps(record.get(key))[:80]}; expected {expected}")
+    return record
+
+
+def backbone_record(*, model: str, weights: str | None, weights_sha256: str | None, kwargs: dict, img_size: int,
+                    seed: int, drop_path: float, normalize: str, class_names: list[str] | None, pretrained: bool,
+                    random_init: bool, **extra) -> dict:
+    """The ``backbone.json`` of an adapter folder (the engine's and the importer's one spelling)."""
+    return {"model": model, "weights": weights, "weights_sha256": weights_sha256, "kwargs": dict(kwargs or {}),
+            "img_size": int(img_size), "seed": int(seed), "drop_path": drop_path, "normalize": normalize,
+            "class_names": class_names, "pretrained": bool(pretrained), "random_init": bool(random_init), **extra}
+
+
+def install_adapter_folder(model: nn.Module, folder: str | os.PathLike, backbone: dict) -> Path:
+    """Write the adapter folder ``folder`` as a whole (adapter files and ``backbone.json``): into a
+    fresh private folder beside it, then renamed into place. An existing folder is replaced only if
+    it holds nothing but adapter files; anything else in it is never deleted (:class:`OutputError`)."""
+    import shutil
+    import tempfile
+
+    from .fsio import OutputError, umask
+
+    final = Path(folder)
+    parent = final.parent
+    foreign = sorted(p.name for p in final.iterdir() if p.name not in ADAPTER_FILES) if final.is_dir() else []
+    if foreign or (final.exists() and not final.is_dir()):
+        raise OutputError(f"{final}: exists and holds files this run did not write ({', '.join(foreign) or final.name}); "
+                          "move them away, or choose another --out")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}."))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the installed folder gets the usual mode
+    try:
+        save_adapter(model, tmp)
+        atomic_write(tmp / BACKBONE_NAME, (json.dumps(backbone, indent=2, default=str) + "\n").encode("utf-8"))
+        if final.exists():
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.old."))
+            final.rename(old / final.name)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+@dataclasses.dataclass
+class BackboneOverrides:
+    """What a caller may change about the backbone an adapter folder records (``None``: keep the
+    record's). Giving any of ``weights`` / ``pretrained`` / ``random_init`` replaces the record's
+    choice of weights as a whole; ``kwargs`` update the record's (for the same model)."""
+
+    model: str | None = None
+    weights: str | None = None
+    weights_sha256: str | None = None
+    pretrained: bool | None = None
+    random_init: bool | None = None
+    kwargs: dict | None = None
+    seed: int | None = None
+    img_size: int | None = None
+    normalize: str | None = None
+
+
+@dataclasses.dataclass
+class FolderBackbone:
+    """A backbone configuration resolved from an adapter folder's record and the caller's overrides."""
+
+    model: "ModelConfig"  # noqa: F821  (heartlora.config.ModelConfig; imported lazily: config imports nothing of ours)
+    img_size: int
+    seed: int
+    normalize: str
+    record: dict  # backbone.json as read ({} when the folder has none)
+    source: str  # where the record came from (its path), for messages
+
+
+def backbone_config(record: dict | None, overrides: BackboneOverrides | None = None, source: str = "") -> FolderBackbone:
+    """The backbone an adapter belongs to: ``record`` (a folder's ``backbone.json``; may be empty,
+    e.g. an adapter imported from elsewhere) updated by ``overrides``. The one place that turns a
+    record into a :class:`~heartlora.config.ModelConfig`; its weights are checked by
+    :func:`check_backbone_weights` when the model is built."""
+    from .config import ConfigError, ModelConfig
+    from .models import names_pretrained_weights
+
+    record, o = dict(record or {}), overrides or BackboneOverrides()
+    name = o.model or record.get("model")
+    if not name:
+        raise ConfigError(f"option '--model': required ({source or 'the adapter'} names no backbone; give its timm name)")
+    kwargs = dict(record.get("kwargs") or {}) if name == record.get("model") else {}
+    kwargs.update(o.kwargs or {})
+    if o.weights is not None or o.pretrained is not None or o.random_init is not None:
+        weights, pretrained = o.weights, bool(o.pretrained)
+        random_init = bool(o.random_init) and not (weights or pretrained)
+        moved = weights is not None and record.get("weights") is not None and not pretrained
+    else:
+        weights, pretrained = record.get("weights"), bool(record.get("pretrained"))
+        random_init = bool(record.get("random_init")) and not (weights or pretrained)
+        moved = False
+    if not (weights or pretrained or random_init) and names_pretrained_weights(name):
+        raise ConfigError(f"option '--model': '{name}' names timm's pretrained weights and {source or 'the adapter'} says "
+                          "none were used; say which: --pretrained (timm's, from the local cache), --weights FILE, or "
+                          "--random-init")
+    # the sha256 the weights must have: the caller's, else the record's when they are the record's file
+    # (or a moved copy of it: --weights names where it is now)
+    expected = o.weights_sha256 or (record.get("weights_sha256") if weights and (moved or weights == record.get("weights"))
+                                    else None)
+    img_size = o.img_size or kwargs.pop("img_size", None) or record.get("img_size")
+    if not img_size:
+        raise ConfigError(f"option '--image-size': required ({source or 'the adapter'} records no image size)")
+    model = ModelConfig(name=name, weights=weights, weights_sha256=expected, kwargs=kwargs, drop_path=0.0,
+                        pretrained=pretrained, random_init=random_init)
+    seed = o.seed if o.seed is not None else record.get("seed", 42)
+    return FolderBackbone(model=model, img_size=int(img_size), seed=int(seed if seed is not None else 42),
+                          normalize=o.normalize or record.get("normalize") or "none", record=record, source=source)
+
+
+def check_backbone_weights(backbone: FolderBackbone) -> None:
+    """The one sha256 rule of every command that rebuilds an adapter's backbone: a weights file
+    must exist and, when a sha256 is known (the record's, or the caller's), have it — else the
+    adapter would be folded onto, evaluated or served with other weights than it was trained on."""
+    from .models import WeightsError, sha256_file
+
+    weights, expected = backbone.model.weights, backbone.model.weights_sha256
+    if not weights:
+        return
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: backbone weights not found (named in {backbone.source or 'the adapter'}); if "
+                                "the file moved, give its new path with --weights")
+    if expected:
+        actual = sha256_file(weights)
+        if actual != expected.strip().lower():
+            raise WeightsError(f"{weights}: sha256 {actual} differs from that of the weights the adapter was trained on "
+                               f"({expected}, {backbone.source or 'the adapter'}); with other weights it would be "
+                               "another model")

@@ -68,7 +68,7 @@ def prepare_digits(root: str | Path, seed: int = 0) -> Path:
 # Demo schedule. The benchmark recipe's warm-up holds lr at 1e-6 for epochs 0 *and* 1 (the
 # reference scheduler quirk it reproduces), which would waste a fifth of a 10-epoch demo, so the
 # demo has no warm-up and a higher lr suited to 10 epochs. Heart-LoRA scores heads over the first
-# three epochs, then switches off one head in six per layer: DESIGN's default round(H/4) would be
+# three epochs, then switches off one head in six per layer: the method's default round(H/4) would be
 # 2 of 6 (33 %) here, more than the paper's 3 of 12 (25 %), and one is the nearest count below.
 DEMO_WARMUP_EPOCHS = 0
 DEMO_LR = 3e-3
@@ -101,7 +101,8 @@ def demo_method_options(method: str, epochs: int, score_epochs: int = DEMO_SCORE
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 10, methods: Sequence[str] = DEMO_METHODS,
              seed: int = 42, quiet: bool = False, log=print) -> list[dict]:
-    from .engine import train
+    from .engine.loop import train
+    from .engine.record import read_run_record
     from .plots import plot_accuracy_bars, plot_responsiveness
 
     out = Path(out)
@@ -114,7 +115,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 10, methods: Sequence[
         record_path = run_dir / "run.json"
         if record_path.is_file():
             log(f"{method}: finished before, reading {record_path}")
-            record = json.loads(record_path.read_text())
+            record = read_run_record(record_path)
         else:
             log(f"{method}: training {epochs} epochs on digits (train800val200 → test)")
             options = demo_method_options(method, epochs)

@@ -73,3 +73,20 @@ def atomic_write(path: str | os.PathLike, data: Writer) -> Path:
                               "if any, is unchanged") from None
         raise
     return path
+
+
+def read_json_object(path: str | os.PathLike, expected: str, error: type[Exception] = ValueError) -> dict:
+    """The JSON object in ``path``; ``error`` naming the file (and line) and ``expected`` otherwise.
+    The one reader of the package's own JSON files (adapter config, backbone record, run record)."""
+    import json
+
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON (line {err.lineno}: {err.msg}); expected {expected}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a UTF-8 text file; expected {expected}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object ({expected}), got {type(value).__name__}")
+    return value

@@ -31,7 +31,9 @@ from ..config import ConfigError
 from ..fsio import atomic_write
 from ..plots import plot_agreement, plot_attention, plot_grouped_bars, plot_lines, plot_responsiveness
 from .aggregate import summarize
-from .sweep import RUN_NAME, make_cell, read_record, run_cells
+from ..engine.record import RUN_NAME
+from ..engine.record import read_run_record as _read_record
+from .sweep import make_cell, read_record, run_cells
 
 CHEAP_SCORES = ("taylor", "activation", "weight")
 CONTROLS = ("first", "random", "reverse")
@@ -57,23 +59,16 @@ def _files(written: dict[str, Path], figure, csv_paths: dict[str, Path]) -> dict
 
 # ----- loading a finished run -------------------------------------------------------------------------
 def read_run_record(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RUN_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a finished run (no {RUN_NAME})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise AnalysisError(f"{path}: not a valid run record (line {err.lineno}: {err.msg})") from None
+    return _read_record(run_dir)
 
 
 def load_model(run_dir: str | Path, device: str = "cpu"):
     """(model with its adapter, run record) of a finished ``heartlora train`` run, its backbone
     rebuilt as trained (weights, pretrained, kwargs) from the adapter's backbone.json."""
-    from ..engine.loop import ADAPTER_DIR
-    from ..interop.folder import load_adapter_folder
+    from ..engine.build import build_from_adapter_folder
 
     record = read_run_record(run_dir)
-    model, _ = load_adapter_folder(Path(run_dir) / ADAPTER_DIR)
+    model, _ = build_from_adapter_folder(run_dir)
     return model.to(device).eval(), record
 
 
@@ -143,14 +138,14 @@ def _adapter_panel(adapter_dir: Path, data: dict, batches: int, batch_size: int,
     """(label, scores, masks, results by score kind) of an adapter folder without a run record
     (e.g. imported from PEFT): its heads are scored on ``data``'s training split."""
     from ..data import load_task
-    from ..interop.folder import load_adapter_folder
+    from ..engine.build import build_from_adapter_folder
     from ..methods.factory import get_state
 
     if not data.get("root"):
         raise ValueError(f"{adapter_dir}: an adapter folder without run.json is scored on data; give --data (and --task)")
-    model, backbone = load_adapter_folder(adapter_dir)
+    model, backbone = build_from_adapter_folder(adapter_dir)
     task = load_task(data.get("kind") or "vtab", data["root"], data.get("task"), split=data.get("split") or "final",
-                     image_size=backbone["img_size"], normalize=backbone.get("normalize") or "none")
+                     image_size=backbone.img_size, normalize=backbone.normalize)
     kinds = CHEAP_SCORES + ("ablation",) if correlate else (score,)
     results = score_run(model, _batches(task.train, batches, batch_size), kinds)
     state = get_state(model)
@@ -217,9 +212,9 @@ def responsiveness(run_dirs: Sequence[str | Path], out_dir: str | Path, correlat
 
 
 def _is_adapter_folder(path: Path) -> bool:
-    from ..interop.folder import resolve_adapter_dir
+    from ..adapters_io import is_adapter_folder
 
-    return (resolve_adapter_dir(path) / "adapter_config.json").is_file()
+    return is_adapter_folder(path)
 
 
 # ----- training analyses --------------------------------------------------------------------------

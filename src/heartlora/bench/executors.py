@@ -322,3 +322,13 @@ def make_executor(name: str, *, workers: int = 1, devices: Sequence[str] | None 
                               "cluster's resources allow (--cpus-per-cell, --gpus-per-cell)")
         return RayExecutor(address, gpus_per_cell, 1 if cpus_per_cell is None else cpus_per_cell)
     raise ConfigError(f"option '--executor': expected one of {', '.join(EXECUTORS)}, got {name!r}")
+
+
+def local_devices(device: str) -> list[str]:
+    """The devices a local sweep spreads its cells over: every visible GPU for ``auto``/``cuda``
+    when there are any, else the one device named (``cpu`` for ``auto``)."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [device if device != "auto" else "cpu"]

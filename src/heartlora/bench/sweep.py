@@ -28,13 +28,13 @@ from typing import Any, Callable, Iterable, Sequence
 import yaml
 
 from ..config import ConfigError, RunConfig
+from ..engine.checkpoint import CHECKPOINT_NAME
+from ..engine.record import RUN_NAME, read_run_record
 from ..fsio import atomic_write
 from .executors import Executor, LocalExecutor, Outcome
 
 CELL_NAME = "cell.json"
-RUN_NAME = "run.json"
 TUNED_NAME = "tuned.json"
-CHECKPOINT_NAME = "checkpoint.pt"
 # Settings that say where or how a cell runs, not what it computes: outside its identity.
 IDENTITY_IGNORES = frozenset({"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images",
                               "data.fingerprint", "data.cache", "data.cache_memory_mb", "data.cache_dir"})
@@ -409,7 +409,7 @@ def _seen_by_driver(outcome: Outcome, out_root: Path) -> Outcome:
 
 # ----- the clean protocol: tune on train800 → val200, retrain on train800val200 --------------------
 def read_record(cell: Cell, out_root: Path) -> dict:
-    return json.loads((out_root / cell.relative_dir() / RUN_NAME).read_text())
+    return read_run_record(out_root / cell.relative_dir())
 
 
 def val_accuracy(record: dict) -> float:
@@ -452,3 +452,50 @@ def tune_then_final(
     atomic_write(out_root / TUNED_NAME, (json.dumps(choices, indent=2) + "\n").encode())
     second = run_cells(finals, base, out_root, workers, retries, devices, log, runner, executor, progress)
     return SweepResult(first.done + second.done, first.skipped + second.skipped, first.failed + second.failed)
+
+
+# ----- a sweep's settings -------------------------------------------------------------------------
+#: ``--tune scale`` without a ``--grid scale=…``: the Bi-LoRA lineage's per-task scale grid.
+DEFAULT_TUNE_GRID = {"scale": [0.01, 0.1, 1, 10]}
+
+
+def default_tasks(kind: str, root: str | None) -> list[str]:
+    """A sweep's tasks when none are named: all 19 VTAB-1K tasks, the 5 few-shot datasets, or every
+    sub-folder of a folder-layout root that holds ``train/``."""
+    from ..data.tasks import FEWSHOT_DATASETS, VTAB_TASKS
+
+    if kind == "vtab":
+        return list(VTAB_TASKS)
+    if kind == "fewshot":
+        return list(FEWSHOT_DATASETS)
+    if root is None or not Path(root).is_dir():
+        raise ConfigError("option '--tasks': give the task folders, or --data ROOT holding them")
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and (p / "train").is_dir())
+
+
+def with_shared_cache(base: RunConfig, out_root: str | os.PathLike) -> RunConfig:
+    """Cells of a sweep (or an analysis' runs) share one decoded-image cache folder, ``OUT/data_cache``,
+    unless the user named one; the folder is not part of a cell's identity."""
+    if base.data.cache_dir is not None:
+        return base
+    from ..engine.build import CACHE_DIR_NAME
+
+    return base.replace(data={"cache_dir": str(Path(out_root) / CACHE_DIR_NAME)})
+
+
+def options_for_methods(methods: Sequence[str], options: dict) -> dict[str, dict] | None:
+    """``--opt`` of a sweep applies to every method that has the option (``None`` when there are none)."""
+    if not options:
+        return None
+    return {m: {k: v for k, v in options.items() if method_accepts(m, k)} for m in methods}
+
+
+def tune_grid(keys: Sequence[str], grid: dict[str, list]) -> dict[str, list]:
+    """``grid`` with a default grid for each tuned key that has none (:data:`DEFAULT_TUNE_GRID`)."""
+    grid = dict(grid)
+    for key in keys:
+        if key not in grid:
+            if key not in DEFAULT_TUNE_GRID:
+                raise ConfigError(f"option '--tune': no grid for {key!r}; give --grid {key}=V1,V2,...")
+            grid[key] = list(DEFAULT_TUNE_GRID[key])
+    return grid

@@ -1,7 +1,7 @@
 """Construction of a run's pieces, in the order that makes seeds bit-exact.
 
-Order (DESIGN §4): **model → data → adapters → classifier**. The global RNG is seeded with the
-run seed, then
+Order (the Bi-LoRA lineage's, for bit-exact seeds): **model → data → adapters → classifier**. The global
+RNG is seeded with the run seed, then
 
 1. the backbone is built *headless* (``num_classes=0``) and its local weights are loaded;
 2. the task's datasets are loaded (no random numbers are drawn; with ``cache=auto`` each split is
@@ -17,6 +17,7 @@ like every method's classifier; ``get_state(model).num_classes`` is set to the t
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +26,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters_io import (
+    BACKBONE_NAME,
+    BackboneOverrides,
+    FolderBackbone,
+    backbone_config,
+    check_backbone_weights,
+    load_adapter,
+    read_adapter_config,
+    read_backbone,
+    resolve_adapter_dir,
+)
 from ..methods.factory import apply, get_state
-from ..config import ConfigError, MethodConfig, ModelConfig, RunConfig
+from ..config import CLASSIFIER_INITS, ConfigError, MethodConfig, ModelConfig, RunConfig
 from ..precision import AmpDecision
 from ..precision import resolve_amp as _resolve_amp
 from ..methods.base import get_method
-from ..models import create_backbone
+from ..models import BackboneWarning, create_backbone
 from ..seeding import seed_all
 
-__all__ = ["CACHE_DIR_NAME", "Built", "build", "build_backbone", "cache_dir", "check_method", "new_classifier",
-           "probe_method", "resolve_amp", "resolve_device"]
+__all__ = ["CACHE_DIR_NAME", "Built", "build", "build_backbone", "build_from_adapter_folder", "cache_dir", "check_method",
+           "new_classifier", "probe_method", "resolve_amp", "resolve_device"]
 
 
 CACHE_DIR_NAME = "data_cache"  # inside the run folder: decoded-image files of splits over the memory budget
@@ -129,6 +141,8 @@ def new_classifier(model: nn.Module, num_classes: int, init: str = "torch") -> N
         raise ValueError(f"{type(model).__name__} has no reset_classifier(); heartlora needs a timm classifier model")
     model.reset_classifier(num_classes)
     head = model.get_classifier()
+    if init not in CLASSIFIER_INITS:
+        raise ConfigError(f"option 'classifier_init': got {init!r}; expected one of {', '.join(CLASSIFIER_INITS)}")
     if init == "trunc_normal":
         for module in head.modules():
             if isinstance(module, nn.Linear):
@@ -183,3 +197,36 @@ def config_diff(saved: dict, current: dict, ignore: set[str], prefix: str = "") 
 
 def asdict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+def build_from_adapter_folder(path: str | os.PathLike, overrides: BackboneOverrides | None = None, *,
+                              load: bool = True, backbone_weights: bool = True,
+                              num_classes: int | None = None) -> tuple[nn.Module, FolderBackbone]:
+    """The one place that builds a backbone from an adapter folder's record (``backbone.json``) and
+    the caller's overrides; ``eval``, ``predict``, ``serve``, ``export``, ``import`` and ``analyze``
+    all come here. Returns (model in eval mode, the resolved backbone).
+
+    ``load``: give the model its new classifier and load the adapter (else the headless backbone,
+    as serving shares it between adapters). ``backbone_weights=False`` builds it with random
+    weights: enough for anything that reads only the adapter's own tensors (the PEFT export).
+    ``num_classes`` replaces the adapter's recorded class count (an adapter that records none)."""
+    folder = resolve_adapter_dir(path)
+    config = read_adapter_config(folder)  # an adapter folder at all, before any backbone is built
+    record = read_backbone(folder, required=overrides is None or overrides.model is None)
+    backbone = backbone_config(record, overrides, str(folder / BACKBONE_NAME))
+    model_cfg = backbone.model
+    if backbone_weights:
+        check_backbone_weights(backbone)
+        model_cfg = dataclasses.replace(model_cfg, weights_sha256=None)  # checked just now, once
+    else:
+        model_cfg = dataclasses.replace(model_cfg, weights=None, weights_sha256=None, pretrained=False, random_init=True)
+    with warnings.catch_warnings():
+        if not backbone_weights:
+            warnings.simplefilter("ignore", BackboneWarning)  # random on purpose: only the adapter is read
+        model = build_backbone(model_cfg, backbone.img_size, backbone.seed)
+    if load:
+        classes = num_classes or config.get("num_classes")
+        if classes:
+            new_classifier(model, classes)
+        load_adapter(model, folder)
+    return model.eval(), backbone

@@ -25,9 +25,7 @@ import copy
 import datetime as _dt
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -38,12 +36,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..adapters_io import adapter_bytes, save_adapter, trainable_parameters
+from ..adapters_io import (
+    ADAPTER_DIR,
+    WEIGHTS_NAME,
+    adapter_bytes,
+    backbone_record,
+    install_adapter_folder,
+    trainable_parameters,
+)
 from ..config import ConfigError, RunConfig
 from ..data.cache import batched, collate
 from ..data.errors import DataError
 from ..data.fingerprint import compare_fingerprints, content_fingerprint, describe_changes
-from ..fsio import OutputError, umask
 from ..methods.base import MethodSchedule, ScheduleActions, ScheduleContext, get_method
 from ..methods.factory import get_state
 from ..models import sha256_file
@@ -60,13 +64,11 @@ from .checkpoint import (
     restore_model_state,
     save_checkpoint,
 )
-from .record import RECORD_FORMAT, RUN_NAME, device_info, peak_memory, protocols, versions, write_json
+from .record import RECORD_FORMAT, RUN_NAME, device_info, peak_memory, protocols, read_run_record, versions, write_json
 from .schedule import CosineSchedule
 
-__all__ = ["ADAPTER_DIR", "BACKBONE_NAME", "evaluate", "train"]
+__all__ = ["evaluate", "train"]
 
-ADAPTER_DIR = "adapter"
-BACKBONE_NAME = "backbone.json"  # beside adapter_config.json: how to rebuild the backbone for `heartlora eval`
 # Settings that may change between a run and its resumption (the data and weights are compared
 # by their manifest hash / sha256 instead of their paths).
 RESUME_MAY_CHANGE = {"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images", "data.root",
@@ -233,40 +235,6 @@ def _indices_digest(indices: list[int]) -> str:
     return hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()
 
 
-ADAPTER_FILES = {"adapter.safetensors", "adapter_config.json", BACKBONE_NAME}
-
-
-def _foreign_files(folder: Path) -> list[str]:
-    """Files in an existing adapter folder that a run did not write (never deleted)."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in ADAPTER_FILES) if folder.is_dir() else []
-
-
-def _install_adapter(model: nn.Module, out: Path, backbone: dict) -> Path:
-    """Write ``out/adapter`` as a whole: into a fresh private folder, then renamed into place. An
-    existing folder is replaced only if it holds nothing but a run's own adapter files."""
-    final = out / ADAPTER_DIR
-    foreign = _foreign_files(final)
-    if foreign or (final.exists() and not final.is_dir()):
-        raise OutputError(f"{final}: exists and holds files this run did not write ({', '.join(foreign) or final.name}); "
-                          "move them away, or choose another --out")
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{ADAPTER_DIR}."))
-    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the installed folder gets the usual mode
-    try:
-        save_adapter(model, tmp)
-        write_json(tmp / BACKBONE_NAME, backbone)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=out, prefix=f".{ADAPTER_DIR}.old."))
-            final.rename(old / ADAPTER_DIR)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def _unwrapped(err: DataError) -> DataError:
     """A DataError raised in a DataLoader worker arrives as "Caught DataError in DataLoader worker
     process 0. Original Traceback …"; keep only the original one-line message."""
@@ -417,7 +385,7 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
                 raise ConfigError(f"{ckpt_path}: the run being resumed had other settings: " + "; ".join(diff))
             done = checkpoint["progress"]["epoch"] >= config.schedule.epochs - 1
             if done and run_path.exists():
-                return json.loads(run_path.read_text(encoding="utf-8"))
+                return read_run_record(run_path)
         elif not config.resume and (ckpt_path.exists() or run_path.exists()):
             raise ConfigError(f"option 'out': {out} already holds a run ({RUN_NAME if run_path.exists() else CHECKPOINT_NAME}); "
                               "continue it with --resume or choose another --out")
@@ -637,13 +605,13 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         "files": None,
     }
     if writes:
-        backbone = {"model": config.model.name, "weights": config.model.weights, "weights_sha256": weights_sha256,
-                    "kwargs": config.model.kwargs, "img_size": config.data.image_size, "seed": config.seed,
-                    "drop_path": config.model.drop_path, "normalize": config.data.normalize,
-                    "class_names": task.classes, "pretrained": config.model.pretrained,
-                    "random_init": config.model.random_init}
-        _install_adapter(model, out, backbone)
+        backbone = backbone_record(model=config.model.name, weights=config.model.weights, weights_sha256=weights_sha256,
+                                   kwargs=config.model.kwargs, img_size=config.data.image_size, seed=config.seed,
+                                   drop_path=config.model.drop_path, normalize=config.data.normalize,
+                                   class_names=task.classes, pretrained=config.model.pretrained,
+                                   random_init=config.model.random_init)
+        install_adapter_folder(model, out / ADAPTER_DIR, backbone)
         record["files"] = {"adapter": ADAPTER_DIR, "checkpoint": CHECKPOINT_NAME, "run": RUN_NAME}
-        record["adapter_file_bytes"] = (out / ADAPTER_DIR / "adapter.safetensors").stat().st_size
+        record["adapter_file_bytes"] = (out / ADAPTER_DIR / WEIGHTS_NAME).stat().st_size
         write_json(out / RUN_NAME, record)
     return record

@@ -1,4 +1,4 @@
-"""The run record (``run.json``, DESIGN §6): what a run was and what it measured.
+"""The run record (``run.json``), its one owner: what a run was and what it measured.
 
 Reports read only run records, so a record is self-contained: config, versions, device, seed,
 data manifest hash, the per-epoch curve, both protocol numbers, the blocks of the method's own
@@ -17,16 +17,35 @@ from pathlib import Path
 
 import torch
 
+from ..fsio import read_json_object
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["RECORD_FORMAT", "RUN_NAME", "device_info", "git_commit", "peak_memory", "protocols", "versions", "write_json"]
+__all__ = ["RECORD_FORMAT", "RUN_NAME", "RecordError", "device_info", "git_commit", "peak_memory", "protocols",
+           "read_run_record", "versions", "write_json"]
 
 RUN_NAME = "run.json"
 RECORD_FORMAT = 2  # 2: blocks of a method schedule (e.g. "heads") only for methods that have one
 
 
+class RecordError(ValueError):
+    """A run record that cannot be read: not JSON, not an object."""
+
+
 def write_json(path: str | os.PathLike, value: dict) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+
+
+def read_run_record(path: str | os.PathLike, required: bool = True) -> dict | None:
+    """The run record of a run folder (or the ``run.json`` file itself), as a dict; ``None`` when
+    there is none and it is not ``required``. Raises :class:`RecordError` naming the file and line."""
+    path = Path(path)
+    if path.is_dir() or path.name != RUN_NAME:
+        path = path / RUN_NAME
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"{path}: not a finished run (no {RUN_NAME})")
+        return None
+    return read_json_object(path, "a run record (run.json, written by heartlora train)", RecordError)
 
 
 def git_commit() -> dict | None:

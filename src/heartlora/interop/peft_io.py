@@ -21,6 +21,7 @@ importing reads plain JSON and safetensors.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -32,23 +33,31 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..adapters_io import CONFIG_NAME, WEIGHTS_NAME, AdapterError, adapter_tensors, read_json_object, save_adapter
-from ..engine.loop import BACKBONE_NAME
+from ..adapters_io import (
+    BACKBONE_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterError,
+    adapter_tensors,
+    read_json_object,
+    save_adapter,
+)
 from ..fsio import atomic_write
 from ..tensorfile import safetensors_bytes
 from ..heads import TARGET_INDEX, AttentionSite, find_attention_sites
-from ..methods import STATE_ATTR, apply, get_state
-from ..methods.base import adapter_layers, classifier_parameter_names
+from ..methods.base import registered
+from ..methods.factory import STATE_ATTR, apply, get_state
+from ..methods.base import adapter_layers, classifier_parameter_names, get_method
 from ..methods.lowrank import LowRankQKV
 from ..models import describe_unreadable
 from ..methods.responsiveness import apply_head_selection
 
-__all__ = ["PEFT_CONFIG", "PEFT_METHODS", "PEFT_WEIGHTS", "from_peft", "read_peft", "to_peft"]
+__all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "export_adapter_peft", "from_peft", "import_peft", "import_peft_folder", "read_peft",
+           "to_peft"]
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_WEIGHTS_BIN = "adapter_model.bin"
 PEFT_CONFIG = "adapter_config.json"
-PEFT_METHODS = ("lora", "bilora", "heart-lora", "heart-lora-layer")
 PREFIX = "base_model.model."  # PeftModel → LoraModel → the timm model
 META_KEY = "heartlora"
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.[^.]+)?\.weight$")
@@ -68,9 +77,9 @@ def _require_peft():
 # ------------------------------------------------------------------------------------------ export
 def _lowrank_layers(model: nn.Module) -> dict[str, LowRankQKV]:
     state = get_state(model)
-    if state.method not in PEFT_METHODS:
-        raise ValueError(f"method '{state.method}' has no PEFT LoRA counterpart; the PEFT export takes "
-                         f"{', '.join(PEFT_METHODS)}")
+    if not get_method(state.method).peft_exportable:
+        exportable = sorted(name for name, spec in registered().items() if spec.peft_exportable)
+        raise ValueError(f"method '{state.method}' has no PEFT LoRA counterpart; the PEFT export takes {', '.join(exportable)}")
     layers = adapter_layers(model)
     other = sorted({type(m).__name__ for m in layers.values() if not isinstance(m, LowRankQKV)})
     if other:
@@ -298,7 +307,8 @@ def _heartlora_factors(a, b, site: AttentionSite, targets: list[str], rank: int,
 
 def _restored_method(meta: dict | None, block: bool, per_layer: dict, sites: dict) -> tuple[str, dict, list | None]:
     """heartlora's own method, options and head masks when the tensors still fit them; else plain lora."""
-    if not (meta and block and meta.get("method") in PEFT_METHODS):
+    spec = registered().get(meta.get("method")) if meta else None
+    if not (spec is not None and block and spec.peft_exportable):
         return "lora", {}, None
     options = dict(meta.get("options") or {})
     masks = meta.get("head_masks")
@@ -380,3 +390,116 @@ def import_peft(peft_dir: str | os.PathLike, out_dir: str | os.PathLike, model: 
     save_adapter(model, out)
     atomic_write(out / BACKBONE_NAME, (json.dumps(backbone, indent=2) + "\n").encode("utf-8"))
     return out
+
+
+def export_adapter_peft(adapter: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False) -> tuple[Path, str]:
+    """``heartlora export --to peft``: the adapter folder ``adapter`` (or a run folder) as a PEFT
+    LoRA adapter in ``out_dir`` (with its ``backbone.json`` for ``heartlora import``); only the
+    adapter's own tensors are read, so the backbone is built without its weights. Returns
+    (``out_dir``, method)."""
+    from ..adapters_io import read_adapter_config, refuse_run_folder, resolve_adapter_dir
+    from ..config import ConfigError
+    from ..engine.build import build_from_adapter_folder
+    from ..methods.base import get_method
+
+    folder = resolve_adapter_dir(adapter)
+    method = read_adapter_config(folder)["method"]
+    if not get_method(method).peft_exportable:
+        exportable = sorted(name for name, spec in registered().items() if spec.peft_exportable)
+        raise ConfigError(f"option '--to peft': method '{method}' has no PEFT LoRA counterpart; the PEFT export takes "
+                          f"{', '.join(exportable)}")
+    out = Path(out_dir)
+    refuse_run_folder(out, "OUT")
+    existing = [p for p in (out / PEFT_WEIGHTS, out / PEFT_CONFIG) if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"option 'OUT': {existing[0]} already exists; choose another path or pass --overwrite")
+    model, backbone = build_from_adapter_folder(folder, backbone_weights=False)
+    to_peft(model, out, base_model_name=backbone.model.name, backbone=backbone.record, overwrite=True)
+    return out, method
+
+
+def _timm_name(hub_name) -> str | None:
+    """timm name of a PEFT ``base_model_name_or_path`` (``timm/NAME``, ``hf-hub:timm/NAME`` or NAME)."""
+    if not isinstance(hub_name, str) or not hub_name:
+        return None
+    return hub_name.removeprefix("hf-hub:").removeprefix("timm/")
+
+
+def import_peft_folder(peft_dir: str | os.PathLike, out_dir: str | os.PathLike, overrides=None, *,
+                       normalize: str | None = None) -> tuple[Path, str]:
+    """``heartlora import --from peft``: the PEFT LoRA adapter ``peft_dir`` as a heartlora adapter
+    folder ``out_dir`` (new). The backbone is ``peft_dir``'s ``backbone.json`` (heartlora's own
+    exports write one), else the adapter's ``base_model_name_or_path``, changed by ``overrides``
+    (:class:`heartlora.adapters_io.BackboneOverrides`); ``normalize`` defaults to the record's, else
+    the one whose mean matches the timm model's pretrained mean. Returns (``out_dir``, method)."""
+    from ..adapters_io import BackboneOverrides, backbone_config, backbone_record, read_backbone, refuse_run_folder
+    from ..config import ConfigError
+    from ..data.transforms import NORMALIZATIONS
+    from ..engine.build import build_backbone, new_classifier
+
+    source, out = Path(peft_dir), Path(out_dir)
+    refuse_run_folder(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"option '--out': {out} exists and is not a folder; choose a new folder")
+    if (out / CONFIG_NAME).exists() or (out / BACKBONE_NAME).exists():
+        raise ConfigError(f"option '--out': {out} already holds an adapter; choose a new folder")
+    peft_config, tensors, _ = read_peft(source)
+    stored = read_backbone(source, required=False) or {}
+    overrides = overrides or BackboneOverrides()
+    if not stored and overrides.model is None:
+        name = _timm_name(peft_config.get("base_model_name_or_path"))
+        if not name:
+            raise ConfigError("option '--model': required (the timm name of the backbone the PEFT adapter was trained on; "
+                              "its adapter_config.json names none)")
+        stored = {"model": name}
+    if not stored.get("img_size") and overrides.img_size is None:
+        name = overrides.model or stored["model"]
+        kwargs = {**(stored.get("kwargs") or {}), **(overrides.kwargs or {})}
+        stored = {**stored, "img_size": _default_img_size(name, kwargs)}
+    resolved = backbone_config(stored, overrides, str(source / BACKBONE_NAME) if stored.get("kwargs") is not None
+                               else str(source / PEFT_CONFIG))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # built for its shapes only; the weights are recorded, not needed
+        model_cfg = dataclasses.replace(resolved.model, weights=None, weights_sha256=None, pretrained=False, random_init=True)
+        model = build_backbone(model_cfg, resolved.img_size, resolved.seed)
+    head = (model.pretrained_cfg or {}).get("classifier")
+    if f"{head}.weight" not in tensors:
+        raise ValueError(f"{source}: the PEFT adapter stores no classifier ('{head}' in modules_to_save); heartlora "
+                         f"adapters carry their classifier — save the PEFT adapter with modules_to_save=['{head}']")
+    new_classifier(model, tensors[f"{head}.weight"].shape[0])
+    mean = tuple(round(v, 4) for v in (model.pretrained_cfg or {}).get("mean", ()))
+    inferred = next((k for k, v in NORMALIZATIONS.items() if v and tuple(round(x, 4) for x in v[0]) == mean), "none")
+    weights = resolved.model.weights
+    from ..models import sha256_file
+
+    record = backbone_record(
+        model=resolved.model.name, weights=weights,
+        weights_sha256=sha256_file(weights) if weights and Path(weights).is_file() else resolved.model.weights_sha256,
+        kwargs=resolved.model.kwargs, img_size=resolved.img_size, seed=resolved.seed,
+        drop_path=stored.get("drop_path", 0.1), normalize=normalize or stored.get("normalize") or inferred,
+        class_names=stored.get("class_names"), pretrained=resolved.model.pretrained, random_init=resolved.model.random_init,
+        imported_from={"format": "peft", "path": str(source)})
+    import_peft(source, out, model, record)
+    from ..adapters_io import read_adapter_config
+
+    return out, read_adapter_config(out)["method"]
+
+
+def _default_img_size(name: str, kwargs: dict) -> int:
+    """The input size timm builds ``name`` for with ``kwargs`` (its patch embedding's, else its
+    pretrained config's), found on the meta device: no weights are made."""
+    import timm
+
+    if kwargs.get("img_size"):
+        size = kwargs["img_size"]
+        return int(size[-1] if isinstance(size, (list, tuple)) else size)
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except Exception:  # an unknown name or bad kwargs: the real build reports it with its own message
+        return 224
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # timm ViT / Swin
+    if built:
+        return int(built[0] if isinstance(built, (list, tuple)) else built)
+    return int((model.pretrained_cfg or {}).get("input_size", [224])[-1])

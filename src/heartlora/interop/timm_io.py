@@ -26,7 +26,7 @@ from torch import nn
 from ..adapters_io import merge_and_unload
 from ..data.transforms import NORMALIZATIONS
 from ..fsio import atomic_write
-from ..methods import get_state
+from ..methods.factory import get_state
 from ..models import hub_offline, sha256_file
 from ..tensorfile import safetensors_bytes
 
@@ -98,3 +98,37 @@ def load_merged(json_path: str | os.PathLike) -> nn.Module:
     overlay["file"] = str(json_path.parent / overlay["file"])
     with hub_offline():
         return timm.create_model(meta["model"], pretrained=True, pretrained_cfg_overlay=overlay, **meta["kwargs"])
+
+
+def export_adapter_merged(adapter: str | os.PathLike, out: str | os.PathLike, *, weights: str | None = None,
+                          overwrite: bool = False) -> tuple[Path, Path, str]:
+    """``heartlora export --merged``: the adapter folder ``adapter`` (or a run folder) folded into
+    its backbone, written by :func:`export_merged` to ``out`` (``.safetensors``) and its JSON.
+    ``weights``: where the recorded backbone weights are now (their sha256 must be the recorded
+    one). Returns (checkpoint, JSON, method)."""
+    from ..adapters_io import BackboneOverrides, read_adapter_config, resolve_adapter_dir
+    from ..config import ConfigError
+    from ..engine.build import build_from_adapter_folder
+    from ..methods.base import get_method
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"option '--merged': {out} must end in .safetensors")
+    folder = resolve_adapter_dir(adapter)
+    method = read_adapter_config(folder)["method"]
+    try:
+        mergeable = get_method(method).mergeable
+    except ValueError as err:
+        raise ValueError(f"{folder / 'adapter_config.json'}: {err}") from None
+    if not mergeable:
+        raise ConfigError(f"option '--merged': method '{method}' cannot be merged into the backbone (it adds "
+                          "computation a plain timm model has no weights for); use it with heartlora itself")
+    existing = [p for p in (out, merged_json_path(out)) if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"option '--merged': {existing[0]} already exists; choose another path or pass --overwrite")
+    model, backbone = build_from_adapter_folder(folder, BackboneOverrides(weights=weights) if weights else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = export_merged(model, out, name=backbone.model.name, kwargs=backbone.model.kwargs, img_size=backbone.img_size,
+                            normalize=backbone.normalize, class_names=backbone.record.get("class_names"),
+                            source=str(folder))
+    return written[0], written[1], method

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import re
 import warnings
@@ -21,17 +20,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapters_io import CONFIG_NAME, load_adapter, read_adapter_config
+from ..adapters_io import (
+    ADAPTER_DIR,
+    BACKBONE_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_adapter,
+    read_adapter_config,
+    read_backbone,
+    resolve_adapter_dir,
+)
 from ..engine.build import new_classifier
-from ..engine.loop import BACKBONE_NAME
-from ..engine.record import RUN_NAME
+from ..engine.record import read_run_record
 from ..heads import check_geometry, find_attention_sites
-from ..methods.base import adapter_layers
+from ..methods.base import adapter_layers, registered
 from ..methods.lowrank import LowRankQKV
 
-# The low-rank family shares the frozen backbone as is; a linear probe has no adapter layer at all.
-LOW_RANK_METHODS = ("lora", "bilora", "heart-lora", "heart-lora-layer")
-SERVABLE_METHODS = LOW_RANK_METHODS + ("linear",)
 # backbone.json keys that must agree for two adapters to share one backbone
 SAME_BACKBONE_KEYS = ("model", "kwargs", "weights_sha256", "img_size")
 
@@ -76,35 +80,12 @@ class TaskAdapter:
                 "adapter": str(self.directory)}
 
 
-def resolve_adapter_dir(path: str | os.PathLike) -> Path:
-    """The adapter folder itself, or ``RUN/adapter`` when given a run folder."""
-    path = Path(path)
-    if not (path / CONFIG_NAME).is_file() and (path / "adapter" / CONFIG_NAME).is_file():
-        return path / "adapter"
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: adapter folder not found (expected a folder holding {CONFIG_NAME})")
-    return path
-
-
 def default_task_name(directory: str | os.PathLike) -> str:
     """A task's name from its folder: the run folder's name for ``RUN/adapter``."""
     path = resolve_adapter_dir(directory).resolve()
-    name = path.parent.name if path.name == "adapter" else path.name
+    name = path.parent.name if path.name == ADAPTER_DIR else path.name
     cleaned = re.sub(r"[^A-Za-z0-9_.\-]", "-", name).lstrip("-_.")[:128]
     return cleaned or "task"
-
-
-def read_json_file(path: Path) -> dict | None:
-    """The JSON object in ``path``, or ``None`` when there is no such file."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return value
 
 
 def backbone_mismatch(reference: dict, record: dict) -> str | None:
@@ -120,7 +101,7 @@ def backbone_mismatch(reference: dict, record: dict) -> str | None:
 
 def check_same_backbone(reference: dict | None, reference_source: str, directory: Path) -> None:
     """Refuse an adapter whose backbone.json names another backbone than ``reference``."""
-    record = read_json_file(directory / BACKBONE_NAME)
+    record = read_backbone(directory, required=False)
     if reference is None or record is None:
         return
     problem = backbone_mismatch(reference, record)
@@ -147,7 +128,7 @@ def _classifier_count(config: dict, directory: Path) -> int:
     from safetensors import safe_open
 
     names = [n for n in config.get("classifier") or [] if n.endswith("weight")]
-    weights = directory / "adapter.safetensors"
+    weights = directory / WEIGHTS_NAME
     if names and weights.is_file():
         with safe_open(str(weights), "pt") as handle:
             if names[0] in handle.keys():
@@ -159,7 +140,7 @@ def class_names(directory: Path, count: int) -> tuple[list[str], str]:
     """(names, where they came from): backbone.json's ``class_names``, else the run's task folder
     (``classes.txt`` of a VTAB-layout task, the class folders of an ImageFolder task), else the
     label indices."""
-    record = read_json_file(directory / BACKBONE_NAME) or {}
+    record = read_backbone(directory, required=False) or {}
     names = record.get("class_names")
     if isinstance(names, list) and len(names) == count:
         return [str(n) for n in names], str(directory / BACKBONE_NAME)
@@ -176,7 +157,7 @@ def _task_folder_names(directory: Path, count: int) -> tuple[list[str], str] | N
     from ..data.loader import locate
     from ..data.vtab import CLASSES_FILE
 
-    run = read_json_file(directory.parent / RUN_NAME) or {}
+    run = read_run_record(directory.parent, required=False) or {}
     data = (run.get("config") or {}).get("data") or {}
     if not data.get("root"):
         return None
@@ -206,9 +187,11 @@ def load_task_adapter(backbone: nn.Module, name: str, directory: str | os.PathLi
     config = read_adapter_config(directory)
     source = str(directory / CONFIG_NAME)
     method = config["method"]
-    if method not in SERVABLE_METHODS:
+    spec = registered().get(method)
+    if spec is None or not spec.servable:
+        servable = sorted(name for name, s in registered().items() if s.servable)
         raise ValueError(f"{source}: method '{method}' cannot share a frozen backbone with other tasks (it changes "
-                         f"the backbone's own computation); servable methods: {', '.join(SERVABLE_METHODS)}")
+                         f"the backbone's own computation); servable methods: {', '.join(servable)}")
     check_geometry(config["geometry"], backbone, source)
     shell = _shell(backbone)
     with torch.random.fork_rng(devices=[]):  # the throwaway classifier's init must not move the caller's RNG
@@ -232,7 +215,7 @@ def load_task_adapter(backbone: nn.Module, name: str, directory: str | os.PathLi
     if down and len(down) != len(find_attention_sites(shell)):
         raise ValueError(f"{source}: the adapter covers {len(down)} of the backbone's attention blocks; expected all")
     names, names_source = class_names(directory, head.out_features)
-    record = read_json_file(directory / BACKBONE_NAME)
+    record = read_backbone(directory, required=False)
     bias = head.bias.detach().float().clone() if head.bias is not None else torch.zeros(head.out_features)
     return TaskAdapter(
         name=name, directory=directory, method=method, num_classes=head.out_features,
@@ -242,3 +225,18 @@ def load_task_adapter(backbone: nn.Module, name: str, directory: str | os.PathLi
         normalize=(record or {}).get("normalize") or "none", img_size=(record or {}).get("img_size"),
         options=dict(config["options"]), head_masks=config.get("head_masks"),
     )
+
+
+def name_tasks(adapters: list[str], named: list[tuple[str, str]]) -> dict[str, str]:
+    """Task name → adapter folder, from folders named after their run (``--adapter DIR``) and
+    explicitly named ones (``--task NAME=DIR``); a name given twice is a usage error."""
+    from ..config import ConfigError
+
+    tasks: dict[str, str] = {}
+    for name, directory in [(default_task_name(d), d) for d in adapters] + list(named):
+        if name in tasks:
+            raise ConfigError(f"option '--task': task name {name!r} is given twice (name them with --task NAME=DIR)")
+        tasks[name] = directory
+    if not tasks:
+        raise ConfigError("option '--adapter' or '--task NAME=DIR': give at least one adapter")
+    return tasks

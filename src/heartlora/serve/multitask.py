@@ -190,13 +190,15 @@ class MultiTask(nn.Module):
                       weights: str | os.PathLike | None = None) -> "MultiTask":
         """Build the backbone from the first adapter's backbone.json (weights checked against its
         sha256; ``weights`` replaces the recorded path) and load every task onto it."""
-        from .loading import backbone_from_adapter
+        from ..adapters_io import BackboneOverrides
+        from ..engine.build import build_from_adapter_folder
 
         if not tasks:
             raise ValueError("MultiTask.from_adapters: give at least one task")
         first = next(iter(tasks.values()))
-        backbone, record, source = backbone_from_adapter(first, weights)
-        model = cls(backbone.to(device), reference=record, reference_source=source)
+        overrides = BackboneOverrides(weights=str(weights)) if weights else None
+        backbone, resolved = build_from_adapter_folder(first, overrides, load=False)
+        model = cls(backbone.to(device), reference=resolved.record, reference_source=resolved.source)
         for name, directory in tasks.items():
             model.add_task(name, directory)
         return model
