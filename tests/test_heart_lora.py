@@ -374,11 +374,11 @@ def test_integer_head_counts_stay_integers_whatever_union_spelling_typing_cached
     # does) has built the str-first spelling, get_args of the option's hint lists str first
     import typing
 
-    from heartlora.methods.base import _coerce
+    from heartlora.config import coerce_option
 
     hint = typing.Union[str, int, None]  # what get_args returns then, however the option is written
     assert typing.get_args(hint)[0] is str
-    assert _coerce(1, hint, "ne", "heart-lora") == 1 and _coerce("2", hint, "ne", "heart-lora") == 2
-    assert _coerce("auto", hint, "ne", "heart-lora") == "auto"
+    assert coerce_option(1, hint, "ne") == 1 and coerce_option("2", hint, "ne") == 2
+    assert coerce_option("auto", hint, "ne") == "auto"
     model = tiny_vit()
     heartlora.apply(model, "heart-lora", ne=1)

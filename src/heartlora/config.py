@@ -1,6 +1,6 @@
 """Composable run configuration: model × method × data × schedule (+ run settings).
 
-Each part is a dataclass with the DESIGN §4 recipe as its defaults, so ``RunConfig()`` *is* the
+Each part is a dataclass with the benchmark recipe as its defaults, so ``RunConfig()`` *is* the
 ``paper`` preset (ViT-B/16, Heart-LoRA, VTAB-1K final protocol, AdamW 1e-3 / 1e-4, batch 64
 drop_last, 100 epochs, cosine with 10 warm-up epochs from 1e-6 to a floor of 1e-5 stepped per
 epoch, drop-path 0.1, seed 42). Parts are swapped independently::
@@ -19,19 +19,26 @@ import copy
 import dataclasses
 import difflib
 import math
+import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 __all__ = [
-    "ConfigError", "DataConfig", "FLAT_KEYS", "METHOD_SHORTCUTS", "MethodConfig", "ModelConfig", "PRESETS",
-    "RunConfig", "ScheduleConfig", "load_yaml",
+    "CLASSIFIER_INITS", "ConfigError", "DataConfig", "FLAT_KEYS", "METHOD_SHORTCUTS", "MethodConfig", "ModelConfig", "PRESETS",
+    "RunConfig", "ScheduleConfig", "coerce_option", "load_yaml",
 ]
 
 
 class ConfigError(ValueError):
     """A setting the user gave is unknown or invalid (CLI flag, YAML key, method option)."""
+
+
+#: Values of the ``classifier_init`` option: torch = nn.Linear's default (Bi-LoRA lineage), trunc_normal = std
+#: .02 and zero bias (NOAH).
+CLASSIFIER_INITS = ("torch", "trunc_normal")
 
 
 @dataclass
@@ -162,21 +169,28 @@ class RunConfig:
         positive_int("seed", self.seed, 0)
         positive_int("workers", d.workers, 0)
         positive_int("image_size", d.image_size)
-        need(d.kind in ("vtab", "fewshot", "folder"), "data_kind", d.kind, "one of vtab, fewshot, folder")
-        need(d.split in ("final", "paper", "tune"), "split", d.split, "one of final, tune (paper: an alias of final)")
+        from .data.cache import CACHE_MODES
+        from .data.fingerprint import FINGERPRINT_MODES
+        from .data.loader import KINDS, SPLITS
+        from .data.transforms import NORMALIZE_CHOICES
+        from .precision import AMP_CHOICES
+
+        need(d.kind in KINDS, "data_kind", d.kind, f"one of {', '.join(KINDS)}")
+        need(d.split in SPLITS, "split", d.split, "one of final, tune (paper: an alias of final)")
+        need(d.normalize in NORMALIZE_CHOICES, "normalize", d.normalize, f"one of {', '.join(NORMALIZE_CHOICES)}")
         if d.split == "paper":
             d.split = "final"  # one name in every record: reports and the clean protocol read "final"
-        need(d.fingerprint in ("stat", "content", "off"), "data_fingerprint", d.fingerprint, "one of stat, content, off")
-        need(d.cache in ("auto", "off"), "cache", d.cache, "one of auto, off")
+        need(d.fingerprint in FINGERPRINT_MODES, "data_fingerprint", d.fingerprint, f"one of {', '.join(FINGERPRINT_MODES)}")
+        need(d.cache in CACHE_MODES, "cache", d.cache, f"one of {', '.join(CACHE_MODES)}")
         positive_int("cache_memory_mb", d.cache_memory_mb, 0)
         need(d.cache_dir is None or (isinstance(d.cache_dir, str) and d.cache_dir != ""), "cache_dir", d.cache_dir,
              "a folder path (or leave it out: OUT/data_cache)")
         need(d.root is not None and str(d.root) != "", "data", d.root, "the data root folder (--data ROOT)")
-        need(self.amp in ("auto", "bf16", "off", "none"), "amp", self.amp, "one of auto, bf16, off")
+        need(self.amp in AMP_CHOICES, "amp", self.amp, "one of auto, bf16, off")
         need(isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"),
              "device", self.device, "auto, cpu, cuda, cuda:N or mps")
         need(finite(m.drop_path) and 0.0 <= m.drop_path < 1.0, "drop_path", m.drop_path, "0 <= drop_path < 1")
-        need(m.classifier_init in ("torch", "trunc_normal"), "classifier_init", m.classifier_init, "torch or trunc_normal")
+        need(m.classifier_init in CLASSIFIER_INITS, "classifier_init", m.classifier_init, f"one of {', '.join(CLASSIFIER_INITS)}")
         need(isinstance(m.kwargs, dict), "model_kwargs", m.kwargs, "a mapping of timm.create_model keyword arguments")
         need(isinstance(self.method.options, dict), "opt", self.method.options, "a mapping of method options")
         if self.resume and not self.out:
@@ -206,7 +220,7 @@ FLAT_KEYS: dict[str, tuple[str | None, str]] = {
 #: Shortcut keys that set a method option (``--ne 3`` ≡ ``--opt ne=3``).
 METHOD_SHORTCUTS = ("rank", "scale", "ne", "bits", "ablation_batches")
 
-#: Named presets. ``paper`` is the DESIGN §4 recipe (also the dataclass defaults).
+#: Named presets. ``paper`` is the benchmark recipe (also the dataclass defaults).
 PRESETS: dict[str, dict] = {
     "paper": {
         "model": {"drop_path": 0.1, "classifier_init": "torch"},
@@ -218,46 +232,98 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _coerce(value: Any, hint: Any, option: str) -> Any:
+#: The spellings a boolean option accepts (YAML's and the command line's); nothing else is a boolean.
+TRUE_WORDS = ("true", "yes", "on")
+FALSE_WORDS = ("false", "no", "off")
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", dict: "a mapping"}
+
+
+def coerce_option(value: Any, hint: Any, label: str, *, allow_nonfinite: bool = False) -> Any:
+    """``value`` (a YAML scalar, a command-line string, a JSON value) as the type ``hint`` names;
+    the one coercion of run settings and method options. Rules: booleans only from ``true`` /
+    ``false`` (or ``yes``/``no``, ``on``/``off``), never from numbers; integers stay integers (a
+    whole float becomes one, ``2.5`` is refused); floats are finite unless ``allow_nonfinite``;
+    ``none``/``null``/empty is ``None`` only where the hint allows it; ``Union[int, str]`` is an int
+    when the value is one, else the string; ``tuple[str, ...]`` takes a comma list; a mapping may be
+    given as its JSON/YAML text. Raises :class:`ConfigError` ``"{label}: expected …, got …"``."""
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin is typing.Union:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        hint = args[0]
+    is_union = origin is typing.Union or (sys.version_info >= (3, 10) and origin is types.UnionType)
+    if is_union:
+        optional = type(None) in typing.get_args(hint)
+        if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            if optional:
+                return None
+            raise ConfigError(f"{label}: a value is required")
+        if len(args) == 1:
+            return coerce_option(value, args[0], label, allow_nonfinite=allow_nonfinite)
+        # e.g. Union[int, str]: an int if it is one, else the string. str goes last whatever the written
+        # order: typing caches Union[str, int] and Union[int, str] as one object, so get_args' order
+        # depends on which spelling some library (e.g. torch.compile) built first.
+        ordered = sorted(args, key=lambda a: a is str)
+        for candidate in ordered[:-1]:
+            try:
+                return coerce_option(value, candidate, label, allow_nonfinite=allow_nonfinite)
+            except ConfigError:
+                continue
+        return coerce_option(value, ordered[-1], label, allow_nonfinite=allow_nonfinite)
     if value is None:
-        raise ConfigError(f"option '{option}': a value is required")
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                return value.lower() in ("1", "true", "yes", "on")
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise ValueError
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if hint is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            if isinstance(value, bool):  # YAML reads an unquoted off / on (no / yes) as a boolean
-                return "on" if value else "off"
-            return str(value)
-        if hint is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
-    except (TypeError, ValueError):
-        name = getattr(hint, "__name__", str(hint))
-        raise ConfigError(f"option '{option}': expected {'a mapping' if hint is dict else name}, got {value!r}") from None
-    return value
+        raise ConfigError(f"{label}: a value is required")
+    if origin is tuple:
+        if isinstance(value, str):
+            items = value.split(",")
+        elif isinstance(value, (list, tuple)) and all(isinstance(i, (str, int, float)) and not isinstance(i, bool)
+                                                      for i in value):
+            items = list(value)
+        else:
+            raise ConfigError(f"{label}: expected a comma list, got {value!r}")
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    ok, result = False, None
+    if hint is bool:
+        if isinstance(value, bool):
+            ok, result = True, value
+        elif isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+            ok, result = True, value.strip().lower() in TRUE_WORDS
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            ok, result = True, value
+        elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            ok, result = True, int(value)
+        elif isinstance(value, str):
+            try:
+                ok, result = True, int(value.strip())
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok, result = True, float(value)
+        elif isinstance(value, str):
+            try:
+                ok, result = True, float(value.strip())
+            except ValueError:
+                pass
+        if ok and not allow_nonfinite and not math.isfinite(result):
+            ok = False
+    elif hint is str:
+        if isinstance(value, bool):  # YAML reads an unquoted off / on (no / yes) as a boolean
+            ok, result = True, "on" if value else "off"
+        elif isinstance(value, (str, int, float)):
+            ok, result = True, str(value)
+    elif hint is dict:
+        if isinstance(value, str):  # a mapping written as JSON / YAML text (e.g. --opt subnet={...})
+            import yaml
+
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        ok, result = isinstance(value, dict), dict(value) if isinstance(value, dict) else None
+    else:
+        return value
+    if not ok:
+        expected = _EXPECTED.get(hint, getattr(hint, "__name__", str(hint)))
+        raise ConfigError(f"{label}: expected {expected}, got {value!r}")
+    return result
 
 
 def _set_field(section: Any, key: str, value: Any, option: str) -> None:
@@ -266,7 +332,7 @@ def _set_field(section: Any, key: str, value: Any, option: str) -> None:
     if key not in fields:
         raise ConfigError(f"unknown key '{option}'; valid keys: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(type(section))
-    setattr(section, key, _coerce(value, hints[key], option))
+    setattr(section, key, coerce_option(value, hints[key], f"option '{option}'"))
 
 
 def apply_mapping(config: RunConfig, values: dict, source: str = "", lines: dict | None = None) -> RunConfig:

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from ..config import coerce_option
+
 
 class AdapterLayer(nn.Module):
     """A module a method inserts into the backbone. It owns its adapter parameters and decides
@@ -136,6 +138,47 @@ class MethodSchedule:
         pass
 
 
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A method option as a dataclass field: its default and its one-line meaning, which
+    ``heartlora methods NAME``, the docs and ``help()`` of the config class show. ``metadata`` may
+    declare ``allow_nonfinite=True`` for a float option that accepts inf/nan."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def option_docs(config_cls: type, defaults: dict | None = None) -> list[dict]:
+    """One entry per option of ``config_cls``: name, type, default (``defaults`` override the
+    field's, as a registered method's do) and meaning."""
+    hints = typing.get_type_hints(config_cls)
+    rows = []
+    for f in dataclasses.fields(config_cls):
+        default = (defaults or {}).get(f.name, f.default)
+        rows.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default,
+                     "help": f.metadata.get("help", "")})
+    return rows
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "None"
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return f"comma list of {_type_name(args[0])}" if args else "comma list"
+    if args:
+        return " | ".join(_type_name(a) for a in args)
+    return getattr(hint, "__name__", str(hint))
+
+
+def documented(config_cls: type) -> type:
+    """Class decorator for method configs: appends the option list (name, type, default, meaning)
+    to the class docstring, so ``help(LoRAConfig)`` shows what ``heartlora methods`` shows."""
+    lines = [f"    {r['name']} ({r['type']}, default {r['default']!r}): {r['help']}" for r in option_docs(config_cls)]
+    doc = (config_cls.__doc__ or "").rstrip()
+    if dataclasses.is_dataclass(config_cls) and doc.startswith(config_cls.__name__ + "("):
+        doc = ""  # dataclass' generated signature: replaced by the option list
+    config_cls.__doc__ = (doc + "\n\n" if doc else "") + "Options:\n" + "\n".join(lines) if lines else doc
+    return config_cls
+
+
 @dataclass
 class MethodSpec:
     name: str
@@ -150,9 +193,16 @@ class MethodSpec:
     identity_at_init: Callable[[dict], bool] = lambda options: True
     # The method's own training schedule (a MethodSchedule subclass), or None.
     schedule: type | None = None
-    # Capabilities, declared once: the method switches off attention heads (head masks and
-    # responsiveness scores in its adapter and run record).
+    # Capabilities, declared once and read by the parts that depend on them (never a list of
+    # method names elsewhere):
+    # the method switches off attention heads (head masks and responsiveness scores in its adapter
+    # and run record)
     selects_heads: bool = False
+    # ``heartlora export --to peft`` writes it as a PEFT LoRA adapter (interop.peft_io)
+    peft_exportable: bool = False
+    # many adapters of it share one frozen backbone in a mixed batch (serve.multitask): its layers
+    # add a per-sample low-rank update, or it has no layer at all (a linear probe)
+    servable: bool = False
     # a training step may leave some trainable parameters without a gradient (NOAH's supernet
     # samples branches of size 0): data-parallel loops must allow for it
     step_may_skip_parameters: bool = False
@@ -174,7 +224,10 @@ class MethodSpec:
                 )
             values[key_norm] = value
         hints = typing.get_type_hints(self.config_cls)
-        coerced = {k: _coerce(v, hints[k], k, self.name) for k, v in values.items()}
+        fields = {f.name: f for f in dataclasses.fields(self.config_cls)}
+        coerced = {k: coerce_option(v, hints[k], f"option '{k}' of method '{self.name}'",
+                                    allow_nonfinite=bool(fields[k].metadata.get("allow_nonfinite")))
+                   for k, v in values.items()}
         config = self.config_cls(**coerced)
         validate = getattr(config, "validate", None)
         if validate is not None:
@@ -200,59 +253,6 @@ def get_method(name: str) -> MethodSpec:
 
 def registered() -> dict[str, MethodSpec]:
     return dict(_REGISTRY)
-
-
-def _coerce(value: Any, hint: Any, key: str, method: str) -> Any:
-    """Turn CLI/YAML strings into the option's type; reject what cannot be converted."""
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if value is None:
-        if type(None) in typing.get_args(hint):
-            return None
-        raise ValueError(f"option '{key}' of method '{method}' cannot be empty")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)) and args:
-        if isinstance(value, str) and value.lower() in ("none", "null", ""):
-            return None
-        # e.g. Union[int, str]: an int if it is one, else the string. str goes last whatever the
-        # written order: typing caches Union[str, int] and Union[int, str] as one object, so the
-        # order get_args returns depends on which spelling some library (e.g. torch.compile) built first.
-        ordered = sorted(args, key=lambda a: a is str)
-        for candidate in ordered[:-1]:
-            try:
-                return _coerce(value, candidate, key, method)
-            except ValueError:
-                continue
-        return _coerce(value, ordered[-1], key, method)
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(str(i).strip() for i in items if str(i).strip())
-    try:
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)  # `ne: true` is not 1
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            number = float(value)
-            if number != number or number in (float("inf"), float("-inf")):
-                raise ValueError(value)  # nan / inf are never valid option values
-            return number
-        if hint is str:
-            return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"option '{key}' of method '{method}': expected {getattr(hint, '__name__', hint)}, got {value!r}"
-        ) from None
-    return value
 
 
 def classifier_parameter_names(model: nn.Module) -> list[str]:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import quant
-from .base import AdapterLayer, MethodSpec, register, replace_module
+from .base import AdapterLayer, MethodSpec, documented, option, register, replace_module
 
 INPUTS = ("normed", "residual")
 
@@ -241,12 +241,15 @@ class AdapterMLP(AdapterLayer):
         return f"{kind}, dim={self.adapter.hidden}, scale={self.scale}, bits={self.adapter.bits}{src}"
 
 
+@documented
 @dataclass
 class AdapterConfig:
-    dim: int = 8
-    scale: float = 1.0
-    dropout: float = 0.1
-    bias: bool = True
+    """Options of the sequential bottleneck adapter."""
+
+    dim: int = option(8, "bottleneck width")
+    scale: float = option(1.0, "scale of the adapter's output")
+    dropout: float = option(0.1, "dropout in the bottleneck during training")
+    bias: bool = option(True, "the down and up projections have biases")
 
     def validate(self, method: str) -> None:
         if self.dim < 1:
@@ -255,11 +258,15 @@ class AdapterConfig:
             raise ValueError(f"option 'dropout'={self.dropout} of method '{method}': expected 0 <= dropout < 1")
 
 
+@documented
 @dataclass
 class AdaptFormerConfig(AdapterConfig):
-    scale: float = 0.1
-    bits: int = 32
-    input: str = "normed"  # normed: the MLP's input LN(x); residual: the block's residual stream x
+    """Options of AdaptFormer's parallel bottleneck (and Bi-AdaptFormer's, quantised)."""
+
+    scale: float = option(0.1, "scale of the adapter's output")
+    bits: int = option(32, "bits per stored weight: 32 = full precision; 1, 2, 4, 8 = Bi-LoRA's quantiser")
+    input: str = option("normed", "what the adapter reads: normed (the MLP's input LN(x)) | residual (the block's "
+                                  "residual stream x)")
 
     def validate(self, method: str) -> None:
         super().validate(method)

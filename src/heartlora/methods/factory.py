@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..heads import geometry
-from .base import MethodSchedule, ScheduleContext, classifier_parameter_names, get_method, registered
+from .base import MethodSchedule, ScheduleContext, classifier_parameter_names, get_method, option_docs, registered
 
 STATE_ATTR = "heartlora_state"
 
@@ -72,13 +72,17 @@ def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
 
 
 def methods() -> dict[str, dict]:
-    """Registered methods with their default options, summary, source paper and mergeability."""
+    """Registered methods: default options, each option's type and meaning, summary, source paper,
+    and the declared capabilities (mergeable, PEFT-exportable, servable, head-selecting)."""
     return {
         name: {
             "options": spec.option_defaults(),
+            "option_docs": option_docs(spec.config_cls, spec.defaults),
             "summary": spec.summary,
             "paper": spec.paper,
             "mergeable": spec.mergeable,
+            "peft_exportable": spec.peft_exportable,
+            "servable": spec.servable,
             "selects_heads": spec.selects_heads,
             "schedule": spec.schedule.__name__ if spec.schedule else None,
         }

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from ..heads import AttentionSite
-from .base import MethodSpec, register
+from .base import MethodSpec, documented, option, register
 from .heart_schedule import HeartLoRASchedule
 from .lowrank import LoRAConfig, apply_lowrank, round_half_up
 
@@ -29,28 +29,36 @@ SELECT_KINDS = ("global", "stage", "layer", "fraction", "first", "random", "reve
 
 
 
+@documented
 @dataclass
 class HeartLoRAConfig(LoRAConfig):
-    # How many heads are switched off per layer — one of: ``ne`` (a count, or "auto": the largest
-    # count whose validation accuracy stays within ``tolerance`` points), ``fraction`` (of each
-    # layer's heads), ``budget_bytes`` / ``budget_ratio`` (the stored adapter, classifier excluded,
-    # must fit; ratio of the same-rank LoRA's bytes). None of them: round(H/4), or fraction 0.25
-    # when head counts differ per layer (Swin).
-    ne: Optional[Union[int, str]] = None
-    fraction: Optional[float] = None
-    budget_bytes: Optional[int] = None
-    budget_ratio: Optional[float] = None
-    tolerance: float = 1.0  # ne=auto: accuracy points below all-heads-on that are still accepted
-    holdout: float = 0.1  # ne=auto / ablation_data=holdout on the final split: held-out share of train
-    score: str = "taylor"
-    select: Optional[str] = None  # global | stage | layer | first | random | reverse; default: global
-    score_epochs: Optional[int] = None  # None: the schedule's warm-up length
-    ablation_batches: int = 4  # batches measured by score='ablation'
-    ablation_data: str = "train"  # train: seeded training batches | holdout: held-out batches
-    restart: bool = False  # re-initialise and retrain from scratch once the mask is fixed
-    restart_schedule: bool = False  # with restart: the learning-rate schedule starts afresh too
-    normalize: bool = False  # scale each layer's scores to sum 1 before accumulating
-    select_seed: int = 0  # seed of select='random'
+    """Options of Heart-LoRA: LoRA's, plus how heads are scored and how many are switched off.
+
+    How many heads are switched off per layer is one of ``ne``, ``fraction``, ``budget_bytes`` or
+    ``budget_ratio``; none of them: round(H/4), or fraction 0.25 when head counts differ per layer
+    (Swin)."""
+
+    ne: Optional[Union[int, str]] = option(None, "heads switched off per layer, or 'auto': the largest count whose "
+                                                 "held-out accuracy stays within 'tolerance' points of all heads on")
+    fraction: Optional[float] = option(None, "share of each layer's heads switched off (round(fraction·H) per layer)")
+    budget_bytes: Optional[int] = option(None, "switch off the fewest heads that make the stored adapter (classifier "
+                                               "excluded) fit this many bytes")
+    budget_ratio: Optional[float] = option(None, "as budget_bytes, as a ratio of the same-rank LoRA's bytes")
+    tolerance: float = option(1.0, "ne=auto: accuracy points below all-heads-on that are still accepted")
+    holdout: float = option(0.1, "ne=auto / ablation_data=holdout on the final split: held-out share of the "
+                                 "training set")
+    score: str = option("taylor", "responsiveness score: taylor | weight | activation | ablation")
+    select: Optional[str] = option(None, "which heads go: global | stage | layer | first | random | reverse "
+                                         "(default: global; first / random / reverse are controls)")
+    score_epochs: Optional[int] = option(None, "epochs trained with every head while scores accumulate "
+                                               "(default: the schedule's warm-up length)")
+    ablation_batches: int = option(4, "batches measured by score=ablation")
+    ablation_data: str = option("train", "batches score=ablation measures: train (seeded training batches) | "
+                                         "holdout (held-out batches)")
+    restart: bool = option(False, "re-initialise and retrain from scratch once the mask is fixed")
+    restart_schedule: bool = option(False, "with restart: the learning-rate schedule starts afresh too")
+    normalize: bool = option(False, "scale each layer's scores to sum 1 before accumulating them")
+    select_seed: int = option(0, "seed of select=random")
 
     def count_options(self) -> list[str]:
         return [name for name in ("ne", "fraction", "budget_bytes", "budget_ratio") if getattr(self, name) is not None]
@@ -132,10 +140,11 @@ register(MethodSpec(
     "heart-lora", HeartLoRAConfig, apply_lowrank,
     "LoRA on task-responsive heads only; global selection (same heads off in every layer; per stage on Swin)",
     HEART_PAPER, mergeable=True, identity_at_init=_full_precision, schedule=HeartLoRASchedule, selects_heads=True,
+    peft_exportable=True, servable=True,
 ))
 register(MethodSpec(
     "heart-lora-layer", HeartLoRAConfig, apply_lowrank,
     "Heart-LoRA† : each layer switches off its own least responsive heads", HEART_PAPER,
     mergeable=True, defaults={"select": "layer"}, identity_at_init=_full_precision, schedule=HeartLoRASchedule,
-    selects_heads=True,
+    selects_heads=True, peft_exportable=True, servable=True,
 ))

@@ -17,20 +17,24 @@ from torch import nn
 
 from ..heads import TARGET_INDEX, AttentionSite, find_attention_sites
 from . import quant
-from .base import AdapterLayer, MethodSpec, register, replace_module
+from .base import AdapterLayer, MethodSpec, documented, option, register, replace_module
 
 
 def round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
+@documented
 @dataclass
 class LoRAConfig:
-    rank: int = 8
-    scale: float = 1.0
-    dropout: float = 0.1
-    targets: tuple[str, ...] = ("q", "v")
-    bits: int = 32
+    """Options of the low-rank update ``Δ = s · B · Drop(A · x)`` on the chosen q/k/v rows."""
+
+    rank: int = option(8, "rank r of each target's A (r×d) and B (d×r)")
+    scale: float = option(1.0, "scale s of the update (the Bi-LoRA lineage tunes it per task over 0.01, 0.1, 1, 10)")
+    dropout: float = option(0.1, "dropout on the rank-r activations A·x during training")
+    targets: tuple[str, ...] = option(("q", "v"), "which of q, k, v receive an update (comma list)")
+    bits: int = option(32, "bits per stored weight: 32 = full precision; 1, 2, 4, 8 = Bi-LoRA's quantiser "
+                           "(standard-normal codebook, straight-through), B then starts tiny instead of zero")
 
     def validate(self, method: str) -> None:
         if self.rank < 1:
@@ -375,9 +379,11 @@ BILORA_PAPER = ("Jie et al., Revisiting the Parameter Efficiency of Adapters fro
 register(MethodSpec(
     "lora", LoRAConfig, apply_lowrank,
     "low-rank update of q,v (every head), full precision", LORA_PAPER, mergeable=True, identity_at_init=_full_precision,
+    peft_exportable=True, servable=True,
 ))
 register(MethodSpec(
     "bilora", LoRAConfig, apply_lowrank,
     "LoRA with standard-normal-codebook quantised A and B (straight-through)", BILORA_PAPER,
     mergeable=True, defaults={"rank": 32, "bits": 1}, identity_at_init=_full_precision,
+    peft_exportable=True, servable=True,
 ))

@@ -43,7 +43,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ from torch import nn
 from ..fsio import atomic_write
 from ..heads import TARGET_INDEX
 from ..seeding import derive_seed
-from .base import AdapterLayer, MethodSchedule, MethodSpec, ScheduleActions, register, replace_module
+from .base import AdapterLayer, MethodSchedule, MethodSpec, ScheduleActions, documented, option, register, replace_module
 from .prompts import PromptedSequential, vit_token_blocks, vpt_init_bound
 
 NOAH_PAPER = "Zhang, Zhou & Liu, Neural Prompt Search, arXiv 2206.04673 (NOAH)"
@@ -116,19 +116,23 @@ def save_subnet(subnet: dict, path: str | Path) -> Path:
     return path
 
 
+@documented
 @dataclass
 class NoahConfig:
-    prompt_grid: tuple[int, ...] = (0, 1, 5, 10)  # per-layer prompt tokens
-    lora_grid: tuple[int, ...] = (0, 1, 5, 10)  # per-layer LoRA rank
-    adapter_grid: tuple[int, ...] = (0, 1, 5, 10)  # per-layer adapter bottleneck
-    lora_targets: tuple[str, ...] = ("q", "k", "v")
-    dropout: float = 0.1  # on prompts, LoRA input and adapter bottleneck
-    seed: int = 0  # the supernet's sub-network sampler
-    subnet: Optional[dict] = None  # fixed sub-network (retraining); None: the supernet
+    """Options of NOAH: the supernet's per-layer size grids, and a fixed sub-network to retrain."""
+
+    prompt_grid: tuple[int, ...] = option((0, 1, 5, 10), "per-layer prompt-token counts the supernet samples")
+    lora_grid: tuple[int, ...] = option((0, 1, 5, 10), "per-layer LoRA ranks the supernet samples")
+    adapter_grid: tuple[int, ...] = option((0, 1, 5, 10), "per-layer adapter widths the supernet samples")
+    lora_targets: tuple[str, ...] = option(("q", "k", "v"), "which of q, k, v the LoRA branch updates")
+    dropout: float = option(0.1, "dropout on prompts, the LoRA input and the adapter bottleneck")
+    seed: int = option(0, "seed of the supernet's sub-network sampler")
+    subnet: Optional[Union[dict, str]] = option(None, "fixed sub-network to retrain ({branch: per-layer sizes}, or a "
+                                                      "JSON file of one); none: train the supernet")
 
     def validate(self, method: str) -> None:
-        for option in ("prompt_grid", "lora_grid", "adapter_grid"):
-            setattr(self, option, _int_tuple(getattr(self, option), option, method))
+        for name in ("prompt_grid", "lora_grid", "adapter_grid"):
+            setattr(self, name, _int_tuple(getattr(self, name), name, method))
         bad = [t for t in self.lora_targets if t not in TARGET_INDEX]
         if bad or not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
             raise ValueError(f"option 'lora_targets'={','.join(self.lora_targets)!r} of method '{method}': "

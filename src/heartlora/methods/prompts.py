@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdapterLayer, MethodSpec, register
+from .base import AdapterLayer, MethodSpec, documented, option, register
 
 VPT_PAPER = "Jia et al., Visual Prompt Tuning, ECCV 2022"
 
@@ -161,10 +161,13 @@ class VPTBlocks(AdapterLayer, PromptedSequential):
         return 4 * sum(self.lengths) * self.embed_dim
 
 
+@documented
 @dataclass
 class VPTConfig:
-    prompts: int = 10
-    dropout: float = 0.1
+    """Options of visual prompt tuning."""
+
+    prompts: int = option(10, "prompt tokens inserted after the class token")
+    dropout: float = option(0.1, "dropout on the prompt tokens during training")
 
     def validate(self, method: str) -> None:
         if self.prompts < 1:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import MethodSpec, register
+from .base import MethodSpec, documented, option, register
 
 
 @dataclass
@@ -22,9 +22,12 @@ class NoOptions:
     """A method without options."""
 
 
+@documented
 @dataclass
 class BitFitConfig:
-    norm_bias: bool = True  # also train LayerNorm/BatchNorm biases (BitFit trains every bias term)
+    """Options of BitFit (bias terms only)."""
+
+    norm_bias: bool = option(True, "also train LayerNorm/BatchNorm biases (BitFit trains every bias term)")
 
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -72,6 +75,7 @@ register(MethodSpec(
 ))
 register(MethodSpec(
     "linear", NoOptions, apply_linear, "only the classifier trains (linear probe)", LINEAR_PAPER, mergeable=True,
+    servable=True,
 ))
 register(MethodSpec(
     "bitfit", BitFitConfig, apply_bitfit, "every bias term (+ classifier) trains", BITFIT_PAPER, mergeable=True,
