@@ -148,11 +148,11 @@ def test_resume_through_the_cli(trained, tmp_path, capsys):
     def kill(epoch, entry):
         raise Killed
 
-    from heartlora.cli import _config_from_args
+    from heartlora.cli.common import run_config
 
     argv = [*TRAIN, "--epochs", "3", *data_args, "--out", str(out)]  # the later --epochs wins
     with pytest.raises(Killed):
-        engine_train(_config_from_args(argv), callbacks=[kill])
+        engine_train(run_config(argv), callbacks=[kill])
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "--resume" in err  # never silently overwritten
     code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--quiet")  # settings come from the checkpoint

@@ -19,6 +19,9 @@ import hashlib
 import os
 from typing import Iterable, Protocol
 
+#: Values of the ``data_fingerprint`` option: how a resumed run checks its images are unchanged.
+FINGERPRINT_MODES = ("stat", "content", "off")
+
 
 class _Split(Protocol):
     paths: list[str]

@@ -26,6 +26,8 @@ from .vtab import locate_vtab
 KINDS = ("vtab", "fewshot", "folder")
 #: ``split`` values: ``final`` (alias ``paper``: the run whose test curve the paper protocol reads) and ``tune``.
 PROTOCOLS = {"final": "final", "paper": "final", "tune": "tune"}
+#: Values of the ``split`` option.
+SPLITS = tuple(PROTOCOLS)
 VERIFY_HINT = "run `heartlora data verify` on this data for the full list"
 
 

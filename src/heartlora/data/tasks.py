@@ -13,7 +13,7 @@ from typing import Callable
 
 from .errors import DataError
 
-#: VTAB-1K: canonical task name -> number of classes (DESIGN §4).
+#: VTAB-1K: canonical task name -> number of classes.
 VTAB_TASKS: dict[str, int] = {
     "cifar": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37,
     "svhn": 10, "sun397": 397,

@@ -2,7 +2,7 @@
 
 Evaluation (and VTAB-1K training, which the field runs without augmentation):
 ``Resize((S, S), bicubic) -> ToTensor -> [Normalize]``. Resizing straight to a square (no
-centre crop) follows the DESIGN §4 recipe of the Bi-LoRA lineage (NOAH calls it
+centre crop) follows the benchmark recipe of the Bi-LoRA lineage (NOAH calls it
 ``direct_resize``), so accuracy is comparable with published VTAB-1K tables.
 
 Normalisation is a named option because the lineage differs: ``none`` (default, the Bi-LoRA
