@@ -256,20 +256,11 @@ def _existing(final: Path, request: dict) -> TaskOutcome | None:
                                            "(it is never overwritten)")
 
 
-def _prepared_builder(tfds: Any, row: VtabTaskSource, tfds_dir: str | os.PathLike | None,
-                      manual_dir: str | os.PathLike | None, say: Log) -> Any:
-    """The TFDS builder with its data prepared (downloaded first if needed), or the one-line reason
-    (a string) why hand-downloaded files must come first."""
-    builder = tfds.builder(f"{row.tfds_name}:{row.version}", data_dir=None if tfds_dir is None else str(tfds_dir))
-    if builder.is_prepared():
-        return builder
-    missing = _manual_message(row, manual_dir)
-    if missing is not None:
-        return missing
+def _download_and_prepare(tfds: Any, builder: Any, row: VtabTaskSource, manual_dir: str | os.PathLike | None,
+                          say: Log) -> None:
     say(f"{row.task}: downloading and preparing TFDS {row.tfds_name} {row.version} into {builder.data_dir}")
     config = {} if row.manual is None else {"manual_dir": str(Path(manual_dir) / row.manual.folder)}
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(**config))
-    return builder
 
 
 @dataclass
@@ -359,9 +350,12 @@ def _build_task(tfds: Any, row: VtabTaskSource, out: Path, tfds_dir: str | os.Pa
     live = _clear_partials(out, row.task)
     if live is not None:
         return TaskOutcome(row.task, FAILED, f"process {live} is building it into {out}/.{row.task}.partial-{live}/")
-    builder = _prepared_builder(tfds, row, tfds_dir, manual_dir, say)
-    if isinstance(builder, str):
-        return TaskOutcome(row.task, NEEDS_DOWNLOAD, builder)
+    builder = tfds.builder(f"{row.tfds_name}:{row.version}", data_dir=None if tfds_dir is None else str(tfds_dir))
+    if not builder.is_prepared():
+        missing = _manual_message(row, manual_dir)
+        if missing is not None:
+            return TaskOutcome(row.task, NEEDS_DOWNLOAD, missing)
+        _download_and_prepare(tfds, builder, row, manual_dir, say)
     plan = _plan(row, builder)
     staging = out / f".{row.task}.partial-{os.getpid()}"
     staging.mkdir(parents=True)
@@ -396,8 +390,12 @@ class PrepareReport:
         return all(outcome.status in DONE_STATES for outcome in self.outcomes)
 
 
+_MESSAGE_CHARS = 600  # TFDS and download errors can run to pages; the summary keeps one line per task
+
+
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
+    text = text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS] + " …"
     return text if isinstance(err, (DataError, OSError)) else f"{type(err).__name__}: {text}"
 
 
