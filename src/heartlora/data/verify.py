@@ -16,6 +16,7 @@ from .loader import locate
 from .manifest import build_manifest, manifest_hash
 from .roots import inside_root, outside_root_problems
 from .splits import SplitContent
+from .vtab_source import expected_split_sizes
 
 SHOWN_PROBLEMS = 20
 
@@ -30,7 +31,9 @@ def verify(kind: str, root: str, task: str | None = None, shots: int | None = No
     Returns a JSON-serialisable dict: ``ok``, ``kind``, ``task``, ``directory``,
     ``num_classes``, ``splits`` (per split: file, path, exists, samples, image_root, labels {min, max,
     distinct}, duplicates, unreadable, problems by kind, sha256), ``problems`` and ``warnings``
-    (dicts with kind, file, line, message), ``manifest`` and ``manifest_hash``.
+    (dicts with kind, file, line, message; for a VTAB-1K task, a list whose size differs from the
+    benchmark's 800 / 200 / 1,000 / official test size is a ``benchmark_size`` warning),
+    ``manifest`` and ``manifest_hash``.
     """
     layout = locate(kind, root, task, shots, seed)
     splits: dict[str, dict] = {}
@@ -61,6 +64,8 @@ def verify(kind: str, root: str, task: str | None = None, shots: int | None = No
         problems += found
         warnings += content.warnings
         contents[name] = content
+    if kind == "vtab":
+        warnings += benchmark_size_warnings(layout.name, splits)
     manifest = build_manifest(layout, contents)
     for name, split in manifest["splits"].items():
         splits[name]["sha256"] = split["sha256"]
@@ -78,6 +83,22 @@ def verify(kind: str, root: str, task: str | None = None, shots: int | None = No
         "manifest": manifest,
         "manifest_hash": manifest_hash(manifest),
     }
+
+
+def benchmark_size_warnings(task: str, splits: dict[str, dict]) -> list[Problem]:
+    """A warning per list whose size differs from the official VTAB-1K size of ``task`` (800 / 200 /
+    1,000 / the task's test size); none for a task of one's own."""
+    expected = expected_split_sizes(task)
+    if expected is None:
+        return []
+    found = []
+    for name, record in splits.items():
+        samples, official = record.get("samples"), expected.get(name)
+        if samples is not None and official is not None and samples != official:
+            found.append(Problem("benchmark_size", record["path"], None,
+                                 f"{record['path']}: {samples:,} samples; VTAB-1K's {task} {name} has {official:,} "
+                                 "(this copy differs from the benchmark: its results are not comparable to published ones)"))
+    return found
 
 
 def _labels(labels: dict | None) -> str:
