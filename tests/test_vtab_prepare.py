@@ -516,3 +516,20 @@ def test_verify_knows_the_vtab_sizes(tmp_path):
     _write_lists(tmp_path / "own" / "shapes", {"train800": 10, "val200": 5, "train800val200": 15, "test": 7})
     (tmp_path / "own" / "shapes" / "classes.txt").write_text("a\nb\nc\nd\n")
     assert verify("vtab", str(tmp_path / "own"), "shapes", check_images=False)["warnings"] == []
+
+
+def test_the_cli_command_builds_reports_and_refuses(tfds, tmp_path, capsys):
+    from heartlora.cli import main
+
+    metadata = write_metadata(tfds, tmp_path / "meta", ["dtd:3.0.1"])
+    (tmp_path / "manual").mkdir()
+    with mocked(tfds, metadata):
+        code = main(["data", "prepare", "vtab", "--out", str(tmp_path / "out"), "--tasks", "resisc45",
+                     "--manual-dir", str(tmp_path / "manual")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "to download by hand (1):" in out and "Traceback" not in err, err
+    assert main(["data", "prepare", "vtab", "--out", str(tmp_path / "o"), "--tasks", "no_such_task"]) == 2
+    assert "no_such_task" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
+        main(["data", "prepare", "vtab", "--out", str(tmp_path / "o"), "--format", "gif"])
+    assert exit_info.value.code == 2

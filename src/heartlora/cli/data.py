@@ -1,4 +1,4 @@
-"""``heartlora data verify`` and ``heartlora data make-mini-vtab``."""
+"""``heartlora data verify``, ``heartlora data prepare vtab`` and ``heartlora data make-mini-vtab``."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from ..data.loader import KINDS
+from ..data.vtab_prepare import IMAGE_FORMATS
 from .common import EXIT_FAILURE, ConfigError, Formatter, csv_list, nonneg_int, positive_int
 
 
@@ -26,6 +27,29 @@ def add_parsers(sub, suppress: bool) -> None:
     verify.add_argument("--allow-outside-root", action="store_true",
                         help="accept list lines whose image path is absolute or leaves the data folder via '..'")
     verify.set_defaults(func=cmd_verify)
+
+    prepare = data_sub.add_parser("prepare", formatter_class=Formatter, help="build a benchmark's data from its source",
+                                  description="Build a benchmark's task folders from the datasets' source.")
+    prepare_sub = prepare.add_subparsers(dest="source", metavar="BENCHMARK", required=True)
+    vtab = prepare_sub.add_parser(
+        "vtab", formatter_class=Formatter, help="build VTAB-1K from TensorFlow Datasets (pip install heartlora[vtab-data])",
+        description="Write the 19 VTAB-1K tasks into ROOT in the layout heartlora and NOAH read "
+                    "(images/{train800,val200,test}/, train800.txt, val200.txt, train800val200.txt, test.txt, "
+                    "classes.txt, vtab_build.json), with the benchmark's own TFDS builders, versions, split slices and "
+                    "label rules. Each task is written atomically; a rerun skips finished tasks and resumes the rest. "
+                    "Tasks whose files must be downloaded by hand (RESISC45, diabetic retinopathy) say what to put "
+                    "where; the others still build. Exit code 1 when some task was not built.")
+    vtab.add_argument("--out", required=True, metavar="ROOT", help="data root to write (one folder per task)")
+    vtab.add_argument("--tasks", type=csv_list, default=None,
+                      help="comma list of tasks: names, aliases or the groups natural / specialized / structured "
+                           "(default: all 19)")
+    vtab.add_argument("--tfds-dir", default=None, metavar="DIR", help="TensorFlow Datasets data folder (default: TFDS's own)")
+    vtab.add_argument("--manual-dir", default=None, metavar="DIR",
+                      help="folder holding manual downloads: DIR/resisc45/…, DIR/diabetic_retinopathy_detection/…")
+    vtab.add_argument("--format", choices=tuple(IMAGE_FORMATS), default="png",
+                      help="png: lossless, the same pixels as the TFDS tensor pipeline; jpeg: byte-compatible with "
+                           "NOAH-style JPEG copies (lossy; changes results)")
+    vtab.set_defaults(func=cmd_prepare_vtab)
 
     mini = data_sub.add_parser(
         "make-mini-vtab", formatter_class=Formatter, help="build the mini-VTAB (real images, offline) into OUT",
@@ -51,6 +75,15 @@ def cmd_verify(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     check_images=args.check_images, allow_outside_root=args.allow_outside_root)
     print(json.dumps(report, indent=2) if args.json else format_verify_report(report))
     return 0 if report["ok"] else EXIT_FAILURE
+
+
+def cmd_prepare_vtab(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ..data.vtab_prepare import run_prepare_vtab
+
+    summary, status = run_prepare_vtab(args.out, args.tasks, args.tfds_dir, args.manual_dir, args.format,
+                                       log=lambda line: print(line, file=sys.stderr))
+    print(summary)
+    return status
 
 
 def check_mini_vtab_tasks(tasks: Sequence[str] | None) -> None:
