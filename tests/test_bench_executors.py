@@ -58,18 +58,23 @@ def assert_same_records(cell, first_root, second_root):
 
 
 def test_ray_sweep_matches_local_and_rerun_skips(ray_session, vtab_root, local_sweep, tmp_path):
-    cells = sweep_cells()
+    pytest.importorskip("tensorboardX")
+    cells, root, logs = sweep_cells(), tmp_path / "runs", tmp_path / "logs"
     executor = RayExecutor(cpus_per_cell=1)
-    result = run_cells(cells, tiny_base(vtab_root), tmp_path, executor=executor, **QUIET)
+    # logged to TensorBoard: each cell's events land in its folder below the sweep's, named by the
+    # sweep's tracker group, which travels with the cell to the Ray worker
+    logged = tiny_base(vtab_root).replace(log="tensorboard", log_dir=str(logs))
+    result = run_cells(cells, logged, root, executor=executor, **QUIET)
     assert result.ok and len(result.done) == 4
     for cell in cells:
-        local, ray = assert_same_records(cell, local_sweep, tmp_path)
+        local, ray = assert_same_records(cell, local_sweep, root)
         assert local["execution"]["executor"] == "local"
         assert ray["execution"]["executor"] == "ray" and ray["execution"]["world_size"] == 1
         assert ray["execution"]["nodes"] == [platform.node()]
         assert ray["execution"]["resources"] == {"num_cpus": 1, "num_gpus": 0}  # no GPU here: 0 by default
         assert ray["execution"]["ray_node_id"]
-    again = run_cells(cells, tiny_base(vtab_root), tmp_path, executor=executor, **QUIET)
+        assert list((logs / "runs" / cell.relative_dir()).glob("events.out.tfevents.*"))
+    again = run_cells(cells, tiny_base(vtab_root), root, executor=executor, **QUIET)  # logging is not a cell's identity
     assert again.ok and again.done == [] and len(again.skipped) == 4
     assert ray_session.is_initialized()  # a connection the caller opened stays open
 
@@ -113,14 +118,25 @@ def test_a_record_the_driver_cannot_see_is_a_failure(vtab_root, tmp_path):
     assert not result.ok and "is not visible here" in result.failed[0][1] and "shared by every node" in result.failed[0][1]
 
 
-def test_local_pool_runs_cells_in_worker_processes(vtab_root, local_sweep, tmp_path):
-    cells = sweep_cells()[:2]
-    result = run_cells(cells, tiny_base(vtab_root), tmp_path, executor=LocalExecutor(workers=2, devices=["cpu"]),
-                       runner=run_cell, **QUIET)
+def test_local_pool_runs_cells_in_worker_processes(vtab_root, local_sweep, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    # logged to MLflow, to the store its own environment variable names: the sweep's parent run
+    # travels to the worker processes, and each cell's run is its child
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the quick file store, fine for a test
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    cells, out = sweep_cells()[:2], tmp_path / "grid"
+    result = run_cells(cells, tiny_base(vtab_root).replace(log="mlflow"), out,
+                       executor=LocalExecutor(workers=2, devices=["cpu"]), runner=run_cell, **QUIET)
     assert result.ok and len(result.done) == 2
     for cell in cells:
-        _, record = assert_same_records(cell, local_sweep, tmp_path)
+        _, record = assert_same_records(cell, local_sweep, out)
         assert record["execution"]["executor"] == "local" and record["execution"]["parallel"] == 2
+    client = mlflow.tracking.MlflowClient()
+    runs = {run.info.run_name: run for run in client.search_runs([e.experiment_id for e in client.search_experiments()])}
+    parent = runs.pop("grid").info.run_id
+    assert sorted(runs) == sorted(cell.relative_dir().as_posix() for cell in cells)
+    assert all(run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED" for run in runs.values())
 
 
 def test_ray_cells_without_gpus_stay_off_them(ray_session, vtab_root, tmp_path):

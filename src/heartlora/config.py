@@ -116,6 +116,10 @@ class RunConfig:
     resume: bool = False
     quiet: bool = False
     compile: bool = False  # torch.compile the training forward (GPU speed; minutes of compile on CPU)
+    # experiment trackers (heartlora.tracking): a comma list of tensorboard, mlflow, wandb; "" = the
+    # HEARTLORA_LOG environment variable's list (else none); "none" = none
+    log: str = ""
+    log_dir: Optional[str] = None  # where the trackers write; None: OUT/tensorboard and each tracker's own variables
 
     # ----------------------------------------------------------------------------- helpers
     def to_dict(self) -> dict:

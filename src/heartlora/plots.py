@@ -71,6 +71,25 @@ def plot_responsiveness(
     Each panel is scaled to its own maximum (one shared colour bar, 0..1) and says which score kind
     produced it; switched-off heads (mask False) carry a red ×. Layers with fewer heads (Swin) leave
     the missing cells blank."""
+    return save_figure(responsiveness_figure(panels, score_name), path)
+
+
+def figure_pixels(fig, dpi: int = 100) -> np.ndarray:
+    """The figure as height × width × 3 uint8 RGB pixels (for experiment trackers), cropped as the
+    saved figures are; closes it."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with plt.rc_context(_STYLE):
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def responsiveness_figure(panels: Mapping[str, tuple], score_name: str | None = None):
+    """The figure of :func:`plot_responsiveness`, not saved (the caller closes it)."""
     with plt.rc_context(_STYLE):
         items = list(panels.items())
         kinds = [(p[2] if len(p) > 2 and p[2] else score_name) or "score" for _, p in items]
@@ -104,7 +123,7 @@ def plot_responsiveness(
         if any_off:
             axes[0][0].plot([], [], "x", color=OFF_COLOR, markeredgewidth=2, label="switched off")
             fig.legend(loc="outside lower center", frameon=False)
-    return save_figure(fig, path)
+    return fig
 
 
 # ----- accuracy vs stored bytes ------------------------------------------------------------------

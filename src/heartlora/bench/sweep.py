@@ -31,13 +31,15 @@ from ..config import ConfigError, RunConfig
 from ..engine.checkpoint import CHECKPOINT_NAME
 from ..engine.record import RUN_NAME, read_run_record
 from ..fsio import atomic_write
+from ..tracking.sweep import SweepTracking
 from .executors import Executor, LocalExecutor, Outcome
 
 CELL_NAME = "cell.json"
 TUNED_NAME = "tuned.json"
 # Settings that say where or how a cell runs, not what it computes: outside its identity.
-IDENTITY_IGNORES = frozenset({"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images",
-                              "data.fingerprint", "data.cache", "data.cache_memory_mb", "data.cache_dir"})
+IDENTITY_IGNORES = frozenset({"out", "resume", "quiet", "compile", "device", "log", "log_dir", "data.workers",
+                              "data.check_images", "data.fingerprint", "data.cache", "data.cache_memory_mb",
+                              "data.cache_dir"})
 
 
 @dataclass(frozen=True)
@@ -327,7 +329,8 @@ def run_cells(
     and ``devices``); retry crashed cells ``retries`` more times. ``runner(cell, config,
     execution)`` runs one cell; it must be picklable for process pools and Ray. Raises
     :class:`CellMismatch` before running anything if a cell folder holds other settings' results.
-    ``progress``: a bar over cells with ETA (default: on a terminal)."""
+    ``progress``: a bar over cells with ETA (default: on a terminal). When ``base`` logs to
+    experiment trackers (``log``), the cells are one group in each (:mod:`heartlora.tracking.sweep`)."""
     out_root = Path(out_root)
     jobs = [(cell, cell.config(base, out_root)) for cell in cells]
     if out_root.is_dir():
@@ -343,8 +346,12 @@ def run_cells(
         return result
     owned = executor is None
     executor = executor or LocalExecutor(workers, devices)
+    tracking = None
     try:
         executor.prepare(out_root)
+        tracking = SweepTracking.open(base, out_root)
+        if tracking is not None:
+            runner = tracking.wrap(runner)
         for cell, config in pending:
             write_cell_file(cell, config, Path(config.out))
         _say(log, f"running {len(pending)} cell(s) on {executor.describe()}")
@@ -362,6 +369,8 @@ def run_cells(
                 _say(log, f"retrying {len(pending)} failed cell(s) (attempt {attempt + 2} of {retries + 1})")
         result.failed = failures if pending else []
     finally:
+        if tracking is not None:
+            tracking.close(ok=not pending)
         if owned:
             executor.close()
     return result

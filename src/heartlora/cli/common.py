@@ -195,6 +195,12 @@ def train_args(parser: argparse.ArgumentParser, suppress: bool) -> None:
     add(g, suppress, "--quiet", default=r.quiet, action="store_true", help="no progress bar or per-epoch lines")
     add(g, suppress, "--compile", default=r.compile, action="store_true",
         help="torch.compile the training forward (worth it on GPUs; compiling takes minutes on a CPU)")
+    add(g, suppress, "--log", default=r.log, metavar="tensorboard,mlflow,wandb",
+        help="experiment trackers, any of tensorboard, mlflow, wandb (default: $HEARTLORA_LOG; none: off); run.json "
+             "stays the record, a tracker that fails only warns")
+    add(g, suppress, "--log-dir", default=r.log_dir, metavar="DIR",
+        help="where trackers write (TensorBoard folders, MLflow's SQLite store, W&B run folders); default: "
+             "OUT/tensorboard and each tracker's own environment variables (MLFLOW_TRACKING_URI, WANDB_MODE, ...)")
     add(g, suppress, "--config", default=None, metavar="YAML", help="settings file (keys = long option names); flags override")
     add(g, suppress, "--preset", default="paper", choices=tuple(PRESETS), help="recipe preset applied before --config")
 

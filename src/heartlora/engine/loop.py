@@ -29,7 +29,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from ..adapters_io import (
     install_adapter_folder,
     trainable_parameters,
 )
+from ..callbacks import Callback, RunInfo, TrainCallback, as_callbacks
 from ..config import ConfigError, RunConfig
 from ..data.cache import batched, collate
 from ..data.errors import DataError
@@ -53,6 +54,7 @@ from ..methods.factory import get_state
 from ..models import sha256_file
 from ..precision import autocast
 from ..seeding import capture_rng, derive_seed, restore_rng, seed_all
+from ..tracking.session import TrackingSession
 from .build import build, check_method, config_diff, method_summary, new_classifier, probe_method, resolve_amp, resolve_device
 from .distributed import Distributed, GlobalBatchSampler, from_environment
 from .lock import RunLock
@@ -71,11 +73,9 @@ __all__ = ["evaluate", "train"]
 
 # Settings that may change between a run and its resumption (the data and weights are compared
 # by their manifest hash / sha256 instead of their paths).
-RESUME_MAY_CHANGE = {"out", "resume", "quiet", "compile", "device", "data.workers", "data.check_images", "data.root",
-                     "model.weights", "data.fingerprint", "data.cache", "data.cache_memory_mb", "data.cache_dir"}
+RESUME_MAY_CHANGE = {"out", "resume", "quiet", "compile", "device", "log", "log_dir", "data.workers", "data.check_images",
+                     "data.root", "model.weights", "data.fingerprint", "data.cache", "data.cache_memory_mb", "data.cache_dir"}
 FINGERPRINT_NAME = "data_fingerprint.json"  # written once per run: the images it trains and evaluates on
-
-Callback = Callable[[int, dict], None]
 
 
 class TrainingDiverged(ValueError):
@@ -336,31 +336,50 @@ def _train_epoch(model, loader, sizes, optimizer, device, use_amp, show, desc, l
 def train(config: RunConfig, *, callbacks: Sequence[Callback] = (), execution: dict | None = None) -> dict:
     """Train one run and return its record (also written to ``config.out/run.json``).
 
-    ``callbacks`` are called as ``fn(epoch, entry)`` after each epoch's checkpoint is written
-    (``entry`` is that epoch's curve point); an exception raised there stops the run like a
-    kill would, leaving a resumable checkpoint. ``execution`` (e.g. ``{"executor": "ray", "node": ...}``
-    from a sweep executor) is merged into the record's ``execution`` block, which says how the run ran.
+    ``callbacks``: :class:`heartlora.callbacks.TrainCallback` objects (hooks at the start, after
+    each epoch, at the end, and a ``close`` that always runs) or plain functions ``fn(epoch, entry)``,
+    called after each epoch's checkpoint is written (``entry`` is that epoch's curve point); an
+    exception raised in one stops the run like a kill would, leaving a resumable checkpoint. When
+    ``config.log`` (or the environment variable ``HEARTLORA_LOG``) names experiment trackers, a
+    :class:`heartlora.tracking.session.TrackingSession` logs the run to them; a tracker's failure
+    is a warning, never the run's. ``execution`` (e.g. ``{"executor": "ray", "node": ...}`` from a
+    sweep executor) is merged into the record's ``execution`` block, which says how the run ran.
     """
     config = copy.deepcopy(config).validate()
     check_method(config.method)
+    tracking = TrackingSession.from_config(config)  # an unknown or missing tracker: refused before anything runs
+    observers = ([tracking] if tracking is not None else []) + as_callbacks(callbacks)
     dist, device_spec = from_environment(config.device)
     config = config.replace(device=device_spec) if device_spec != config.device else config
     out = Path(config.out) if config.out else None
     if out is None or not dist.is_main:  # under torchrun, rank 0 holds the run folder and writes
         try:
-            return _train(config, callbacks, execution, dist)
+            return _observed(config, observers, execution, dist)
         finally:
             dist.close()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"option 'out': {out} exists and is not a directory")
     try:
         with RunLock(out):
-            return _train(config, callbacks, execution, dist)
+            return _observed(config, observers, execution, dist)
     finally:
         dist.close()
 
 
-def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | None, dist: Distributed) -> dict:
+def _observed(config: RunConfig, callbacks: list[TrainCallback], execution: dict | None, dist: Distributed) -> dict:
+    """The run, then every callback's ``close`` with the error that ended it (None when it finished)."""
+    error = None
+    try:
+        return _train(config, callbacks, execution, dist)
+    except BaseException as err:
+        error = err
+        raise
+    finally:
+        for callback in callbacks:
+            callback.close(error)
+
+
+def _train(config: RunConfig, callbacks: list[TrainCallback], execution: dict | None, dist: Distributed) -> dict:
     s = config.schedule
     if 0 < s.warmup_epochs and s.epochs <= s.warmup_epochs + 1:
         top = max(CosineSchedule.from_config(s).lrs())
@@ -466,6 +485,10 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         schedule.attach_optimizer(optimizer)
     prior_wall = progress["wall_seconds"]
     show_bar = not config.quiet and sys.stderr.isatty()
+    info = RunInfo(config=config, out=out, start_epoch=progress["epoch"] + 1, resumed=checkpoint is not None,
+                   is_main=dist.is_main, method_record=schedule.record if schedule is not None else dict)
+    for callback in callbacks:
+        callback.on_train_start(info)
 
     def act(actions: ScheduleActions, epoch: int) -> list[str]:
         """Carry out what a schedule hook asked for; returns its log lines."""
@@ -560,7 +583,7 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
                 _log(quiet, note)
             save(epoch)
             for callback in callbacks:
-                callback(epoch, entry)
+                callback.on_epoch_end(epoch, entry, info)
     finally:
         if schedule is not None:
             schedule.close()
@@ -614,4 +637,6 @@ def _train(config: RunConfig, callbacks: Sequence[Callback], execution: dict | N
         record["files"] = {"adapter": ADAPTER_DIR, "checkpoint": CHECKPOINT_NAME, "run": RUN_NAME}
         record["adapter_file_bytes"] = (out / ADAPTER_DIR / WEIGHTS_NAME).stat().st_size
         write_json(out / RUN_NAME, record)
+    for callback in callbacks:
+        callback.on_train_end(record, info)
     return record
