@@ -201,6 +201,31 @@ def test_reference_report_differences_by_hand(finished_sweep, tmp_path):
     assert "Linear (fixture)" in written["reproduction_md"].read_text()
 
 
+def test_reference_differences_only_under_matching_conditions(finished_sweep, tmp_path):
+    """A random-init tiny ViT trained 2 epochs on 24 images at 32 px is never set beside published ViT-B numbers:
+    each pairing is listed with the reasons; a reference whose conditions the runs meet is compared."""
+    _, out = finished_sweep
+    written = write_report(out, tmp_path / "shipped", reference="paper")
+    text = written["reproduction_md"].read_text()
+    assert "Conditions of the comparison" in text and "pretrained weights, 100 epochs, 224 px" in text
+    assert "## Not compared: conditions differ" in text
+    linear = next(line for line in text.splitlines() if line.startswith("| linear | Linear (V-PETL Bench README / NOAH"))
+    for reason in ("random-init backbone", "2 of 100 epochs", "32 px images, the reference's are 224 px",
+                   "trained on 24 images, the reference on 1,000", "backbone vit_tiny_patch16_224, the reference's is "
+                   "vit_base_patch16*"):
+        assert reason in linear, reason
+    with open(written["reproduction_csv"], newline="") as f:
+        assert list(csv.DictReader(f)) == []  # not one difference shown
+    for conditions, compared in (("{epochs: 2, image_size: 32, train_images: 24, eval_split: test}", True),
+                                 ("{epochs: 100}", False), ("{weights: pretrained}", False)):
+        (tmp_path / "ref.yaml").write_text(REFERENCE + f"conditions: {conditions}\n")
+        written = write_report(out, tmp_path / "fixture", reference=str(tmp_path / "ref.yaml"))
+        with open(written["reproduction_csv"], newline="") as f:
+            assert bool(list(csv.DictReader(f))) == compared, conditions
+    written = write_report(out, tmp_path / "clean", protocol="clean", reference=str(tmp_path / "ref.yaml"))
+    assert "clean protocol, the reference reports the paper protocol" in written["reproduction_md"].read_text()
+
+
 def test_shipped_reference_names_a_source_for_every_row():
     reference = load_reference("paper")
     assert len(reference.rows) >= 15
@@ -221,6 +246,8 @@ def test_shipped_reference_names_a_source_for_every_row():
     ("rows: [{name: x, source: a, tasks: {imagenet: 50}}]\nsources: {a: b}", "unknown VTAB-1K task"),
     ("rows: [{name: x, source: a, average: 150}]\nsources: {a: b}", "0..100"),
     ("rows: [{name: x, source: a, avg: 50}]\nsources: {a: b}", "unknown key"),
+    ("rows: [{name: x, source: a, average: 50, conditions: {epoch: 100}}]\nsources: {a: b}", "unknown condition"),
+    ("conditions: {weights: imagenet}\nrows: [{name: x, source: a, average: 50}]\nsources: {a: b}", "'pretrained'"),
 ])
 def test_bad_reference_files_name_the_row(tmp_path, text, message):
     (tmp_path / "r.yaml").write_text(text)

@@ -2,14 +2,18 @@
 
 A reference file (YAML; format described at the top of the shipped
 ``heartlora/presets/reference_paper.yaml``) lists rows of published VTAB-1K accuracies, each with
-its source. :func:`compare` pairs every table row (a variant) with the reference rows of the same
-method (and options / backbone, where the reference row names them) and gives, per task and per
-group, our mean over seeds, the published value, the difference and whether the published value
-lies inside our 95% seed interval.
+its source and the conditions it was measured under (backbone and weights, epochs, image size,
+training images, evaluation split, protocol). :func:`compare` pairs every table row (a variant)
+with the reference rows of the same method (and options) and gives, per task and per group, our
+mean over seeds, the published value, the difference and whether the published value lies inside
+our 95% seed interval — but only for rows whose every run record meets the reference row's
+conditions; every other pairing is listed with the reasons it was not compared (e.g.
+"random-init backbone", "2 of 100 epochs").
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
 import io
 import math
@@ -21,11 +25,82 @@ from pathlib import Path
 import yaml
 
 from .tables import GROUP_COLUMNS, Table
-from .variants import ReportError, Variant, fmt_value
+from .variants import Record, ReportError, Variant, fmt_value
 
 SHIPPED = {"paper": "presets/reference_paper.yaml"}
-_ROW_KEYS = {"name", "source", "method", "options", "model", "tasks", "params_m", "adapter_kb", "note",
+_ROW_KEYS = {"name", "source", "method", "options", "model", "tasks", "params_m", "adapter_kb", "note", "conditions",
              *GROUP_COLUMNS}
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What a run must share with a published number before a difference to it means anything.
+    ``None``: not a condition. Read from a reference file's ``conditions:`` (every row) and a row's
+    own ``conditions:`` / ``model:`` (that row)."""
+
+    model: str | None = None  # shell pattern of the timm backbone name, e.g. vit_base_patch16*
+    weights: str | None = None  # "pretrained": a real backbone (a weights file or timm's pretrained tag), not random init
+    epochs: int | None = None  # training epochs
+    image_size: int | None = None  # input side length in pixels
+    train_images: int | None = None  # images trained on (VTAB-1K's train800val200: 1000)
+    eval_split: str | None = None  # the split the accuracy is measured on (test)
+
+    KEYS = ("model", "weights", "epochs", "image_size", "train_images", "eval_split")
+
+    @classmethod
+    def parse(cls, values, where: str, base: "Conditions | None" = None) -> "Conditions":
+        if values is None:
+            return base or cls()
+        if not isinstance(values, dict):
+            raise ReportError(f"{where}: 'conditions' must be a mapping of {', '.join(cls.KEYS)}, got {values!r}")
+        unknown = sorted(set(values) - set(cls.KEYS))
+        if unknown:
+            raise ReportError(f"{where}: unknown condition(s) {', '.join(unknown)}; expected {', '.join(cls.KEYS)}")
+        for key in ("epochs", "image_size", "train_images"):
+            value = values.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ReportError(f"{where}: condition '{key}' must be a positive integer, got {value!r}")
+        if values.get("weights") not in (None, "pretrained"):
+            raise ReportError(f"{where}: condition 'weights' must be 'pretrained', got {values['weights']!r}")
+        return dataclasses.replace(base or cls(), **{k: v for k, v in values.items() if v is not None})
+
+    def describe(self, protocol: str) -> str:
+        parts = []
+        if self.model:
+            parts.append(f"backbone {self.model}")
+        if self.weights == "pretrained":
+            parts.append("pretrained weights")
+        if self.epochs:
+            parts.append(f"{self.epochs} epochs")
+        if self.image_size:
+            parts.append(f"{self.image_size} px")
+        if self.train_images:
+            parts.append(f"{self.train_images:,} training images")
+        if self.eval_split:
+            parts.append(f"accuracy on {self.eval_split}")
+        parts.append(f"{protocol} protocol")
+        return ", ".join(parts)
+
+    def mismatches(self, record: Record, protocol: str, reference_protocol: str) -> list[str]:
+        """Why ``record`` (read with ``protocol``) does not meet these conditions; empty if it does."""
+        why = []
+        if protocol != reference_protocol:
+            why.append(f"{protocol} protocol, the reference reports the {reference_protocol} protocol")
+        if self.model and not fnmatch.fnmatch(record.model, self.model):
+            why.append(f"backbone {record.model}, the reference's is {self.model}")
+        if self.weights == "pretrained" and record.recipe.get("weights") in (None, "random"):
+            why.append("random-init backbone")
+        epochs = record.recipe.get("epochs")
+        if self.epochs and epochs != self.epochs:
+            why.append(f"{epochs} of {self.epochs} epochs")
+        size = record.recipe.get("img_size") or record.recipe.get("image_size")
+        if self.image_size and size != self.image_size:
+            why.append(f"{size} px images, the reference's are {self.image_size} px")
+        if self.train_images and record.train_images != self.train_images:
+            why.append(f"trained on {record.train_images} images, the reference on {self.train_images:,}")
+        if self.eval_split and record.eval_split != self.eval_split:
+            why.append(f"accuracy on {record.eval_split}, the reference's on {self.eval_split}")
+        return why
 
 
 @dataclass
@@ -36,17 +111,18 @@ class ReferenceRow:
     options: dict
     model: str | None
     values: dict[str, tuple[float, bool]]  # our column name -> (value, derived from the row's task numbers)
+    conditions: Conditions = field(default_factory=Conditions)
     params_m: float | None = None
     adapter_kb: float | None = None
     note: str = ""
 
     def matches(self, variant: Variant) -> bool:
+        """The same method and options: the row is this reference row's counterpart (whether the
+        conditions allow a comparison is :meth:`Conditions.mismatches`)."""
         if self.method is None or self.method != variant.method:
             return False
         options = {**variant.options, **variant.axes}
-        if any(fmt_value(options.get(k)) != fmt_value(v) for k, v in self.options.items()):
-            return False
-        return self.model is None or all(fnmatch.fnmatch(r.model, self.model) for r in variant.records)
+        return all(fmt_value(options.get(k)) == fmt_value(v) for k, v in self.options.items())
 
 
 @dataclass
@@ -55,6 +131,7 @@ class Reference:
     protocol: str
     sources: dict[str, str]
     rows: list[ReferenceRow] = field(default_factory=list)
+    conditions: Conditions = field(default_factory=Conditions)
 
 
 def _number(value, where: str) -> float:
@@ -87,7 +164,8 @@ def load_reference(spec: str) -> Reference:
     if data.get("benchmark", "vtab") != "vtab":
         raise ReportError(f"{where}: benchmark {data.get('benchmark')!r} is not supported (only 'vtab')")
     sources = {str(k): str(v) for k, v in (data.get("sources") or {}).items()}
-    reference = Reference(where, str(data.get("protocol", "paper")), sources)
+    reference = Reference(where, str(data.get("protocol", "paper")), sources,
+                          conditions=Conditions.parse(data.get("conditions"), f"{where}: conditions"))
     for i, row in enumerate(data["rows"], 1):
         at = f"{where}: row {i}"
         if not isinstance(row, dict) or not row.get("name"):
@@ -129,10 +207,13 @@ def load_reference(spec: str) -> Reference:
         options = row.get("options") or {}
         if not isinstance(options, dict):
             raise ReportError(f"{at}: 'options' must be a mapping, got {options!r}")
+        conditions = Conditions.parse(row.get("conditions"), at, reference.conditions)
+        if row.get("model") is not None:
+            conditions = dataclasses.replace(conditions, model=str(row["model"]))
         reference.rows.append(ReferenceRow(
             name=str(row["name"]), sources=keys, method=row.get("method"), options=dict(options),
-            model=row.get("model"), values=values, params_m=row.get("params_m"), adapter_kb=row.get("adapter_kb"),
-            note=" ".join(str(row.get("note") or "").split())))
+            model=row.get("model"), values=values, conditions=conditions, params_m=row.get("params_m"),
+            adapter_kb=row.get("adapter_kb"), note=" ".join(str(row.get("note") or "").split())))
     return reference
 
 
@@ -175,21 +256,42 @@ def _comparable(row_cells: dict) -> set[str]:
     return columns
 
 
-def compare(table: Table, reference: Reference) -> list[Comparison]:
-    """Every (row, matching reference row, shared column): group means only where our row is
-    complete for the group (a partial group mean is not the published one)."""
-    out = []
+@dataclass
+class Skipped:
+    """A row and its published counterpart that were not compared, and why."""
+
+    variant: str
+    reference: str
+    reasons: list[str]
+
+
+def compare(table: Table, reference: Reference, protocol: str | None = None) -> tuple[list[Comparison], list[Skipped]]:
+    """(every (row, counterpart reference row, shared column) whose conditions match, every
+    counterpart pairing refused with its reasons). A row is compared only when each of its run
+    records meets the reference row's conditions (backbone and weights, epochs, image size,
+    training images, evaluation split) and ``protocol`` is the reference's; group means only
+    where our row is complete for the group (a partial group mean is not the published one)."""
+    protocol = protocol or table.protocol
+    out, skipped = [], []
     for row in table.rows:
         comparable = _comparable(row.cells)
         for ref in reference.rows:
             if not ref.matches(row.variant):
+                continue
+            reasons: list[str] = []
+            for record in row.variant.records:
+                for reason in ref.conditions.mismatches(record, protocol, reference.protocol):
+                    if reason not in reasons:
+                        reasons.append(reason)
+            if reasons:
+                skipped.append(Skipped(row.label, ref.name, reasons))
                 continue
             for column in table.columns:
                 if column in ref.values and column in comparable:
                     c, (value, derived) = row.cells[column], ref.values[column]
                     out.append(Comparison(row.label, ref.name, column, c.mean, c.std, c.n, c.low, c.high, value,
                                           derived, ref.sources))
-    return out
+    return out, skipped
 
 
 def _within_text(value: bool | None) -> str:
@@ -214,16 +316,17 @@ def comparison_csv(comparisons: list[Comparison], protocol: str) -> bytes:
     return out.getvalue().encode()
 
 
-def comparison_markdown(table: Table, reference: Reference, comparisons: list[Comparison], protocol: str) -> str:
+def comparison_markdown(table: Table, reference: Reference, comparisons: list[Comparison], protocol: str,
+                        skipped: list[Skipped] | None = None) -> str:
     lines = [f"# Reproduction report ({protocol} protocol)", "",
+             f"Conditions of the comparison (every run of a row must meet its reference row's): "
+             f"{reference.conditions.describe(reference.protocol)}; rows may narrow the backbone. A difference is "
+             "shown only under matching conditions; the other pairings are listed with the reasons.", "",
              f"Our rows beside the published numbers of `{reference.path}` (literature protocol: "
              f"{reference.protocol}). Ours: mean ± std over n seeds with the 95% t-interval of the mean; "
              "difference = ours − published; 'within' says whether the published value lies inside our "
              "interval (needs n ≥ 2). 'derived' marks published group means computed here from the row's "
              "per-task numbers (mean of the group's tasks; Average = mean of the three group means).", ""]
-    if protocol != reference.protocol:
-        lines += [f"Note: the reference reports the {reference.protocol} protocol; this report compares our "
-                  f"{protocol} numbers with it, for orientation only.", ""]
     pairs: dict[tuple[str, str], list[Comparison]] = {}
     for c in comparisons:
         pairs.setdefault((c.variant, c.reference), []).append(c)
@@ -242,10 +345,14 @@ def comparison_markdown(table: Table, reference: Reference, comparisons: list[Co
             lines.append(f"| {c.column} | {c.ours_mean:.2f} ± {std} | {c.n} | {interval} | {published} | "
                          f"{c.difference:+.2f} | {_within_text(c.within)} |")
         lines.append("")
-    matched_variants = {v for v, _ in pairs}
+    if skipped:
+        lines += ["## Not compared: conditions differ", "", "| row | reference row | why not |", "|---|---|---|"]
+        lines += [f"| {s.variant} | {s.reference} | {'; '.join(s.reasons)} |" for s in skipped]
+        lines.append("")
+    matched_variants = {v for v, _ in pairs} | {s.variant for s in skipped or []}
     unmatched = [r.label for r in table.rows if r.label not in matched_variants]
     if unmatched:
-        lines += ["Rows with no published counterpart sharing a column (method, options and backbone must match): "
+        lines += ["Rows with no published counterpart (method and options must match): "
                   + "; ".join(unmatched), ""]
     lines += ["## Published rows (context)", "",
               "| reference | method | Natural | Specialized | Structured | Average (of groups) | source |",

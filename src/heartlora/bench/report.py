@@ -186,12 +186,13 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, protoc
     if ref is not None:
         if vtab is None:
             raise ReportError(f"{runs_dir}: option '--reference' compares VTAB-1K rows, and no VTAB-1K record is here")
-        comparisons = compare(vtab, ref)
-        _write(out / f"reproduction_{protocol}.md", comparison_markdown(vtab, ref, comparisons, protocol), written,
-               "reproduction_md")
+        comparisons, skipped = compare(vtab, ref, protocol)
+        _write(out / f"reproduction_{protocol}.md", comparison_markdown(vtab, ref, comparisons, protocol, skipped),
+               written, "reproduction_md")
         _write(out / f"reproduction_{protocol}.csv", comparison_csv(comparisons, protocol), written, "reproduction_csv")
         md += [f"Reproduction report against `{ref.path}`: {len(comparisons)} comparisons in "
-               f"`reproduction_{protocol}.md`.", ""]
+               f"`reproduction_{protocol}.md`" + (f"; {len(skipped)} pairings not compared (conditions differ, "
+                                                   "reasons listed there)" if skipped else "") + ".", ""]
     _write(out / f"report_{protocol}.md", "\n".join(md), written, "markdown")
     return written
 

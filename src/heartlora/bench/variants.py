@@ -62,6 +62,8 @@ class Record:
     tuned_keys: frozenset = frozenset()
     model: str = ""
     heads: dict | None = None
+    train_images: int | None = None  # images the run trained on
+    eval_split: str | None = None  # the split its accuracy was measured on (test, val200, …)
 
     def value(self, protocol: str) -> float | None:
         return self.paper if protocol == "paper" else self.clean
@@ -107,6 +109,8 @@ def _recipe(record: dict) -> dict:
         weights = weights[:12]
     elif model.get("weights"):
         weights = os.path.basename(str(model["weights"]))
+    elif model.get("pretrained"):
+        weights = "timm-pretrained"  # timm's own weights for the name's tag, from the local cache
     recipe = {
         "model": model.get("name") or stored.get("name"),
         "model_kwargs": model.get("kwargs") or {},
@@ -172,7 +176,7 @@ def read_record(path: Path, tuned: dict[Path, frozenset] | None = None) -> Recor
             options=dict(options), recipe=_recipe(record), manifest=data.get("manifest_hash"),
             label=str(cell.get("label") or ""), tuned_keys=(tuned or {}).get(path.resolve(), frozenset()),
             model=str((record.get("model") or {}).get("name") or config["model"].get("name") or ""),
-            heads=record.get("heads"),
+            heads=record.get("heads"), train_images=data.get("train_images"), eval_split=data.get("eval_split"),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ReportError(f"{path}: not a complete run record ({type(err).__name__}: {err})") from None
